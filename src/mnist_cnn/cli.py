@@ -1,0 +1,191 @@
+"""The command line: a thin layer over the Python API. Every command is also a function you can import.
+
+A user's mistake prints one line, `error: ...`, and exits with status 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from .errors import MnistCnnError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {}
+
+
+def command(fn: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], Any]:
+    COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
+    return fn
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, default=str))
+
+
+@command
+def cmd_models(args: argparse.Namespace) -> None:
+    from .models import count_params
+    from .zoo import MODELS, get_spec
+
+    rows = [{"name": name, "params": count_params(get_spec(name))[0], "tutorial_accuracy": e.tutorial_accuracy,
+             "recipe": e.recipe, "description": e.description} for name, e in MODELS.items()]
+    if args.json:
+        return _print_json(rows)
+    for r in rows:
+        recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items() if k != "augment")
+        print(f"{r['name']:<14} {r['params']:>9,} params  tutorial {r['tutorial_accuracy']:<12} {recipe}")
+        print(f"{'':<14} {r['description']}")
+
+
+@command
+def cmd_summary(args: argparse.Namespace) -> None:
+    from .models import count_params, layer_table, summary
+    from .zoo import get_spec
+
+    spec = get_spec(args.model, **_model_options(args))
+    if args.json:
+        total, trainable, fixed = count_params(spec)
+        return _print_json({"name": spec.name, "layers": layer_table(spec), "total": total,
+                            "trainable": trainable, "non_trainable": fixed})
+    print(summary(spec))
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {}
+    if getattr(args, "kernel_size", None) is not None:
+        options["kernel_size"] = args.kernel_size
+    if getattr(args, "no_dropout", False):
+        options["dropout"] = False
+    return options
+
+
+@command
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import make_config, train
+
+    augment = None
+    if any(getattr(args, k) is not None for k in ("rotation", "shift", "shear", "zoom")):
+        augment = {"rotation": args.rotation or 0, "width_shift": args.shift or 0, "height_shift": args.shift or 0,
+                   "shear": args.shear or 0, "zoom": args.zoom or 0}
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    if args.resume:
+        overrides = make_config(epochs=args.epochs) if args.epochs else None
+        run = train(overrides, resume=args.resume, log=log)
+    else:
+        config = make_config(
+            model=args.model, recipe=args.recipe, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+            optimizer=args.optimizer, lr=args.lr, seed=args.seed, validation_split=args.validation_split,
+            val_size=args.val_size, limit_train=args.limit_train, limit_test=args.limit_test, out=args.out,
+            augment=augment, schedule=args.schedule, label_smoothing=args.label_smoothing,
+            weight_decay=args.weight_decay, ema=args.ema, early_stopping=args.early_stopping, monitor=args.monitor,
+            restore_best=args.restore_best or None, precision=args.precision, threads=args.threads,
+            device=args.device, checkpoint_every=args.checkpoint_every, model_options=_model_options(args) or None,
+            channels_last=False if args.no_channels_last else None)
+        run = train(config, log=log)
+    if args.json:
+        _print_json({"run_dir": str(run.path), "model": run.name, "params": run.num_params,
+                     "test_accuracy": run.metrics.get("accuracy"), "test_loss": run.metrics.get("loss"),
+                     "history": run.history})
+
+
+@command
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .data import load_mnist
+    from .evaluate import evaluate, format_metrics
+    from .runs import load_run
+
+    run = load_run(args.run_dir)
+    data = load_mnist(args.data or run.config.get("data"))
+    x, y = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
+    metrics = evaluate(run.model, x, y)
+    if args.json:
+        return _print_json({"run_dir": str(run.path), "model": run.name, **metrics})
+    print(f"{run.name} ({run.num_params:,} params) on {len(y)} test images from {data.source}")
+    print(format_metrics(metrics))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnist-cnn", description="Train, evaluate, explain, export and serve "
+                                     "CNNs on MNIST and other 28x28 grayscale image sets.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the named architectures and their tutorial recipes")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("summary", help="print a Keras-style summary of a named model or a spec file")
+    p.add_argument("model", metavar="MODEL_OR_SPEC_FILE")
+    _add_model_options(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("train", help="train a model (defaults: keras-basic tutorial recipe on bundled MNIST)")
+    p.add_argument("--model", help="a named model (see `mnist-cnn models`) or a .toml/.json/.yaml spec file")
+    p.add_argument("--recipe", help="a named recipe: model + optimiser + schedule + augmentation + epochs")
+    _add_model_options(p)
+    p.add_argument("--data", help="a directory of IDX files or a .npz file (default: the bundled MNIST)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["rmsprop", "adam", "sgd"])
+    p.add_argument("--lr", type=float, help="learning rate (default: Keras's default for the optimizer)")
+    p.add_argument("--seed", type=int)
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--validation-split", type=float, help="the last fraction of the training data validates")
+    val.add_argument("--val-size", type=int, help="the last N training images validate (e.g. 5000)")
+    p.add_argument("--limit-train", type=int, help="use only the first N training images")
+    p.add_argument("--limit-test", type=int, help="evaluate on the first N test images")
+    p.add_argument("--out", "--save-model", dest="out", help="run directory (default: runs/MODEL-TIMESTAMP)")
+    p.add_argument("--rotation", type=float, help="augment: random rotation range in degrees")
+    p.add_argument("--shift", type=float, help="augment: random width/height shift, a fraction of the size")
+    p.add_argument("--shear", type=float, help="augment: random shear angle range in degrees")
+    p.add_argument("--zoom", type=float, help="augment: random zoom range z (factor in [1-z, 1+z])")
+    p.add_argument("--schedule", choices=["constant", "exponential", "cosine", "onecycle"])
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--ema", type=float, help="evaluate an exponential moving average of the weights (e.g. 0.999)")
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    p.add_argument("--monitor", choices=["val_loss", "val_accuracy"])
+    p.add_argument("--restore-best", action="store_true", help="end with the best weights on --monitor")
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--no-channels-last", action="store_true", help="keep PyTorch's default NCHW layout")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last good checkpoint")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = sub.add_parser("evaluate", help="evaluate a run on the test set: accuracy, per-class metrics, confusion")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data")
+    p.add_argument("--limit-test", type=int)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel-size", type=int, help="model option (keras-dropout): convolution kernel size")
+    p.add_argument("--no-dropout", action="store_true", help="model option (keras-dropout): leave out dropout")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        COMMANDS[args.command](args)
+    except MnistCnnError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Metrics: loss, accuracy, per-class precision / recall / F1 and the confusion matrix.
+
+Pure functions of a model and tensors; training uses them for validation, the CLI for the test set.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import to_float
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Logits for images x (uint8 [N,28,28] or float [N,1,28,28]), in large batches, in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    memory_format = getattr(model, "memory_format", torch.contiguous_format)
+    chunks = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        xb = to_float(xb) if xb.dtype == torch.uint8 else xb
+        chunks.append(model(xb.contiguous(memory_format=memory_format)).float())
+    model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.empty(0, 10)
+
+
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Categorical cross-entropy (of the softmax output, as Keras reports it) and accuracy."""
+    y = y.to(logits.device)
+    loss = F.cross_entropy(logits, y).item()
+    accuracy = (logits.argmax(1) == y).float().mean().item()
+    return loss, accuracy
+
+
+def confusion_matrix(pred: torch.Tensor, y: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """[true, predicted] counts."""
+    idx = y.long().cpu() * num_classes + pred.long().cpu()
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class(confusion: torch.Tensor) -> list[dict[str, float]]:
+    tp = confusion.diag().double()
+    support = confusion.sum(1).double()
+    predicted = confusion.sum(0).double()
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                     torch.zeros_like(tp))
+    return [{"class": c, "precision": precision[c].item(), "recall": recall[c].item(), "f1": f1[c].item(),
+             "support": int(support[c].item())} for c in range(len(tp))]
+
+
+def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    loss, accuracy = loss_and_accuracy(logits, y)
+    confusion = confusion_matrix(logits.argmax(1), y, logits.shape[1])
+    return {"loss": loss, "accuracy": accuracy, "count": len(y), "errors": int(len(y) - confusion.diag().sum()),
+            "per_class": per_class(confusion), "confusion": confusion.tolist()}
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict:
+    """Like Keras's `evaluate`, plus per-class precision/recall/F1 and the confusion matrix."""
+    return metrics_from_logits(predict_logits(model, x, batch_size), y)
+
+
+def format_metrics(metrics: dict) -> str:
+    """A text report: headline numbers, per-class table, confusion matrix."""
+    lines = [f"test loss {metrics['loss']:.4f}  test accuracy {metrics['accuracy'] * 100:.2f}% "
+             f"({metrics['count'] - metrics['errors']}/{metrics['count']})", "",
+             "class  precision  recall      f1  support"]
+    lines += [f"{r['class']:>5}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}"
+              for r in metrics["per_class"]]
+    n = len(metrics["confusion"])
+    lines += ["", "confusion matrix (rows: true, columns: predicted)", "      " + "".join(f"{c:>6}" for c in range(n))]
+    lines += [f"{t:>6}" + "".join(f"{v:>6}" for v in row) for t, row in enumerate(metrics["confusion"])]
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""Spec -> PyTorch module, with Keras's initialisers and a Keras-style summary table."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spec import Layer, ModelSpec, infer_shapes
+
+_ACT = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "selu": nn.SELU,
+        "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.2),
+        "softmax": lambda: nn.Softmax(dim=1), "linear": nn.Identity}
+
+
+class KerasReshape(nn.Module):
+    """Keras's Reshape: the target is (H, W, C) in NHWC order; we keep tensors NCHW."""
+
+    def __init__(self, target: list[int]):
+        super().__init__()
+        self.target = tuple(target)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # back to Keras's element order before reshaping
+            x = x.permute(0, 2, 3, 1)
+        x = x.reshape(x.shape[0], *self.target)
+        return x.permute(0, 3, 1, 2) if len(self.target) == 3 else x
+
+
+def _same_padding(kernel: list[int], strides: list[int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    # Keras 'same' pads the extra pixel on the bottom/right when the total padding is odd
+    pads = []
+    for k, s, n in zip(kernel, strides, size):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    return left, right, top, bottom
+
+
+class Pad(nn.Module):
+    def __init__(self, padding: tuple[int, int, int, int], value: float = 0.0):
+        super().__init__()
+        self.padding, self.value = padding, value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.padding, value=self.value)
+
+
+def _layer_module(layer: Layer, in_shape: tuple[int, ...]) -> nn.Module:
+    a = layer.args
+    if layer.type == "Conv2D":
+        pad = _same_padding(a["kernel_size"], a["strides"], in_shape[:2]) if a["padding"] == "same" else (0, 0, 0, 0)
+        symmetric = pad[0] == pad[1] and pad[2] == pad[3]
+        conv = nn.Conv2d(in_shape[2], a["filters"], tuple(a["kernel_size"]), tuple(a["strides"]),
+                         padding=(pad[2], pad[0]) if symmetric else 0, bias=a["use_bias"])
+        parts = [conv] if symmetric else [Pad(pad), conv]
+        return nn.Sequential(*parts, _ACT[a["activation"]]())
+    if layer.type in ("MaxPooling2D", "AveragePooling2D"):
+        strides = a["strides"] or a["pool_size"]
+        pool = (nn.MaxPool2d if layer.type == "MaxPooling2D" else nn.AvgPool2d)(tuple(a["pool_size"]), tuple(strides))
+        if a["padding"] == "valid":
+            return pool
+        fill = float("-inf") if layer.type == "MaxPooling2D" else 0.0
+        return nn.Sequential(Pad(_same_padding(a["pool_size"], strides, in_shape[:2]), fill), pool)
+    if layer.type == "GlobalAveragePooling2D":
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    if layer.type == "Dense":
+        return nn.Sequential(nn.Linear(in_shape[0], a["units"], bias=a["use_bias"]), _ACT[a["activation"]]())
+    if layer.type == "Dropout":
+        return nn.Dropout(a["rate"])
+    if layer.type == "Flatten":
+        return KerasReshape([int(torch.tensor(in_shape).prod())])
+    if layer.type == "BatchNormalization":
+        # Keras's momentum m keeps m of the old statistic; PyTorch's momentum is the new share, 1 - m
+        cls = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
+        return cls(in_shape[-1], eps=a["epsilon"], momentum=1.0 - a["momentum"])
+    if layer.type == "Activation":
+        return _ACT[a["activation"]]()
+    if layer.type == "Reshape":
+        return KerasReshape(a["target_shape"])
+    raise AssertionError(f"spec validation let through layer type {layer.type}")
+
+
+class SpecModel(nn.Module):
+    """A stack of layers built from a spec. Input: float [N, 1, 28, 28] in [0, 1]; output: logits.
+
+    A final softmax in the spec is left out of `forward` (the loss and `predict_proba` apply it),
+    because softmax followed by log is less accurate than log-softmax on logits.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        shapes = [tuple(spec.input_shape), *infer_shapes(spec)]
+        self.layers = nn.ModuleList(_layer_module(layer, shapes[i]) for i, layer in enumerate(spec.layers))
+        last = spec.layers[-1]
+        self.softmax_output = last.args.get("activation") == "softmax"
+        head = list(self.layers)
+        if self.softmax_output:  # drop the softmax module, keep what stands before it
+            head = head[:-1] if last.type == "Activation" else [*head[:-1], self.layers[-1][0]]
+        self._head = head
+        reset_parameters(self)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1) if len(self.spec.input_shape) == 1 else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._input(x)
+        for module in self._head:
+            x = module(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every spec layer (the last one with its softmax), as Keras would show it."""
+        x = self._input(x)
+        outputs = []
+        for module in self.layers:
+            x = module(x)
+            outputs.append(x)
+        return outputs
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self(x).float(), dim=1)
+
+
+def reset_parameters(model: nn.Module) -> None:
+    """Keras's defaults: Glorot-uniform kernels, zero biases, BatchNorm gamma 1 / beta 0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)  # same fan-in/fan-out as Keras for HWIO conv kernels
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()
+
+
+def build_model(spec: ModelSpec) -> SpecModel:
+    return SpecModel(spec)
+
+
+def _count(module: nn.Module) -> tuple[int, int]:
+    """(trainable, non-trainable) as Keras counts them: BatchNorm's moving mean/variance are non-trainable."""
+    trainable = sum(p.numel() for p in module.parameters())
+    fixed = sum(b.numel() for name, b in module.named_buffers() if name.endswith(("running_mean", "running_var")))
+    return trainable, fixed
+
+
+def _keras_name(kind: str, seen: dict[str, int]) -> str:
+    base = {"Conv2D": "conv2d", "MaxPooling2D": "max_pooling2d", "AveragePooling2D": "average_pooling2d",
+            "GlobalAveragePooling2D": "global_average_pooling2d", "BatchNormalization": "batch_normalization"
+            }.get(kind, kind.lower())
+    n = seen.get(base, 0)
+    seen[base] = n + 1
+    return base if n == 0 else f"{base}_{n}"
+
+
+def layer_table(spec: ModelSpec) -> list[dict]:
+    """One row per layer: Keras-style name, type, output shape "(None, H, W, C)" and parameter count."""
+    model = SpecModel(spec)
+    seen: dict[str, int] = {}
+    rows = []
+    for layer, module, shape in zip(spec.layers, model.layers, infer_shapes(spec)):
+        trainable, fixed = _count(module)
+        rows.append({"name": _keras_name(layer.type, seen), "type": layer.type,
+                     "output_shape": "(None, " + ", ".join(map(str, shape)) + ")", "shape": list(shape),
+                     "params": trainable + fixed, "trainable": trainable, "non_trainable": fixed})
+    return rows
+
+
+def count_params(spec: ModelSpec) -> tuple[int, int, int]:
+    """(total, trainable, non-trainable), the three totals under Keras's summary."""
+    rows = layer_table(spec)
+    trainable = sum(r["trainable"] for r in rows)
+    fixed = sum(r["non_trainable"] for r in rows)
+    return trainable + fixed, trainable, fixed
+
+
+def summary(spec: ModelSpec) -> str:
+    """The table Keras's `model.summary()` prints, with the same numbers."""
+    rows = layer_table(spec)
+    cells = [(f"{r['name']} ({r['type']})", r["output_shape"], f"{r['params']:,}") for r in rows]
+    w = [max(len(h), *(len(c[i]) for c in cells)) + 2 for i, h in enumerate(("Layer (type)", "Output Shape", "Param #"))]
+    rule = "-" * sum(w)
+    total, trainable, fixed = count_params(spec)
+    lines = [f'Model: "{spec.name}"', "=" * sum(w),
+             "Layer (type)".ljust(w[0]) + "Output Shape".ljust(w[1]) + "Param #".rjust(w[2]), "=" * sum(w)]
+    for c in cells:
+        lines += [c[0].ljust(w[0]) + c[1].ljust(w[1]) + c[2].rjust(w[2]), rule]
+    lines[-1] = "=" * sum(w)
+    lines += [f"Total params: {total:,}", f"Trainable params: {trainable:,}", f"Non-trainable params: {fixed:,}"]
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""Run directories and checkpoints: safetensors + JSON, checksummed, written atomically, never pickled.
+
+    RUN_DIR/
+      model.safetensors        final weights; the spec travels in the file's metadata
+      spec.json  config.json   the architecture and every training option
+      history.json history.csv one row per epoch (loss, accuracy, val_loss, val_accuracy, lr, seconds)
+      metrics.json             the test-set evaluation, written once at the end
+      checkpoints/ckpt-*.safetensors   model + optimiser + EMA + RNG states + position, newest kept
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .errors import MnistCnnError
+from .models import SpecModel, build_model, count_params
+from .spec import ModelSpec, parse_spec
+
+FORMAT = "mnist-cnn/1"
+CHECKPOINT_KEEP = 2  # the newest checkpoints kept, so a damaged newest one still leaves one to resume from
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(json.dumps({k: v for k, v in sorted(meta.items()) if k != "sha256"}).encode())
+    return h.hexdigest()
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """A safetensors file whose metadata (JSON values) carries a SHA-256 of everything in it."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    str_meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in meta.items()}}
+    str_meta["sha256"] = _digest(tensors, str_meta)
+    return atomic_write_bytes(path, st_save(tensors, metadata=str_meta))
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a file written by `save_tensors`; a damaged file gets an error naming it."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise MnistCnnError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        str_meta = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as e:
+        raise MnistCnnError(f"{path} is damaged or not a safetensors file ({str(e).splitlines()[0]})") from None
+    if str_meta.get("format") != FORMAT:
+        raise MnistCnnError(f"{path} was not written by mnist-cnn (format {str_meta.get('format')!r}, "
+                            f"expected {FORMAT!r})")
+    if str_meta.get("sha256") != _digest(tensors, str_meta):
+        raise MnistCnnError(f"{path} is damaged: its checksum does not match its contents")
+    return tensors, {k: json.loads(v) for k, v in str_meta.items() if k not in ("format", "sha256")}
+
+
+def save_weights(path: str | os.PathLike, model: SpecModel, extra: dict[str, Any] | None = None) -> Path:
+    return save_tensors(path, model.state_dict(), {"spec": model.spec.to_dict(), **(extra or {})})
+
+
+def load_weights(path: str | os.PathLike) -> SpecModel:
+    """Rebuild a model from a weights file alone: the spec travels in its metadata."""
+    tensors, meta = load_tensors(path)
+    model = build_model(parse_spec(meta["spec"], str(path)))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise MnistCnnError(f"{path}: weights do not fit its spec ({str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
+@dataclass
+class Run:
+    """A training run on disk: its model, spec, config, history and test metrics."""
+
+    path: Path
+    model: SpecModel
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def num_params(self) -> int:
+        return count_params(self.spec)[0]
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.predict_proba(x)
+
+    def save_metrics(self, metrics: dict[str, Any]) -> None:
+        self.metrics = metrics
+        atomic_write_json(self.path / "metrics.json", metrics)
+
+
+def read_json(path: Path, default: Any) -> Any:
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MnistCnnError(f"{path} is not valid JSON ({e})") from None
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Open a run directory (or a bare model.safetensors file) for evaluation, prediction or export."""
+    path = Path(run_dir)
+    weights = path if path.is_file() else path / "model.safetensors"
+    if not weights.exists():
+        raise MnistCnnError(f"{path} is not a run directory: {weights.name} not found (train one with "
+                            f"`mnist-cnn train --out {path}`)")
+    base = weights.parent
+    return Run(base, load_weights(weights), read_json(base / "config.json", {}),
+               read_json(base / "history.json", []), read_json(base / "metrics.json", {}))
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_json(run_dir / "history.json", history)
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(run_dir / "history.csv", buf.getvalue())
+
+
+def checkpoint_paths(run_dir: Path) -> list[Path]:
+    """Checkpoints, newest first."""
+    return sorted((run_dir / "checkpoints").glob("ckpt-*.safetensors"), reverse=True)
+
+
+def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write a checkpoint, then drop all but the newest CHECKPOINT_KEEP; the previous one stays until then."""
+    path = save_tensors(run_dir / "checkpoints" / f"ckpt-{step:09d}.safetensors", tensors, meta)
+    for old in checkpoint_paths(run_dir)[CHECKPOINT_KEEP:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(run_dir: Path, warn=print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The newest checkpoint that verifies; damaged ones are reported and skipped."""
+    paths = checkpoint_paths(run_dir)
+    if not paths:
+        raise MnistCnnError(f"{run_dir} has no checkpoints to resume from (looked in {run_dir / 'checkpoints'})")
+    for path in paths:
+        try:
+            return load_tensors(path)
+        except MnistCnnError as e:
+            warn(f"warning: skipping checkpoint: {e}")
+    raise MnistCnnError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged; cannot resume")

@@ -1,0 +1,242 @@
+"""Architectures as data: a list of layers in Keras's vocabulary, validated, with shapes inferred.
+
+A spec file (TOML, JSON or YAML) looks like:
+
+    name = "my-net"
+    input_shape = [28, 28, 1]
+    [[layers]]
+    type = "Conv2D"
+    filters = 32
+    kernel_size = 3
+    activation = "relu"
+    [[layers]]
+    type = "Flatten"
+    [[layers]]
+    type = "Dense"
+    units = 10
+    activation = "softmax"
+
+Shapes are Keras's (height, width, channels) without the batch axis and are never written by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MnistCnnError
+
+ACTIVATIONS = ("linear", "relu", "softmax", "sigmoid", "tanh", "elu", "selu", "gelu", "silu", "swish", "leaky_relu")
+
+# Every layer type: its fields with defaults (REQUIRED = must be given). Keras's names and defaults.
+REQUIRED = object()
+LAYER_FIELDS: dict[str, dict[str, Any]] = {
+    "Conv2D": {"filters": REQUIRED, "kernel_size": REQUIRED, "strides": 1, "padding": "valid",
+               "activation": "linear", "use_bias": True},
+    "MaxPooling2D": {"pool_size": 2, "strides": None, "padding": "valid"},
+    "AveragePooling2D": {"pool_size": 2, "strides": None, "padding": "valid"},
+    "GlobalAveragePooling2D": {},
+    "Dense": {"units": REQUIRED, "activation": "linear", "use_bias": True},
+    "Dropout": {"rate": REQUIRED},
+    "Flatten": {},
+    "BatchNormalization": {"momentum": 0.99, "epsilon": 0.001},
+    "Activation": {"activation": REQUIRED},
+    "Reshape": {"target_shape": REQUIRED},
+}
+ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D", "AveragePool2D": "AveragePooling2D",
+           "GlobalAvgPool2D": "GlobalAveragePooling2D", "BatchNorm": "BatchNormalization"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer: its Keras type name and its fields (defaults filled in)."""
+
+    type: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **self.args}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A whole architecture. `input_shape` is Keras's (H, W, C), or (784,) for a flat input."""
+
+    name: str
+    layers: tuple[Layer, ...]
+    input_shape: tuple[int, ...] = (28, 28, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "input_shape": list(self.input_shape),
+                "layers": [layer.to_dict() for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, obj: Any, source: str = "spec") -> ModelSpec:
+        return parse_spec(obj, source)
+
+    @property
+    def num_classes(self) -> int:
+        return infer_shapes(self)[-1][0]
+
+
+def _pair(value: Any, where: str, name: str) -> tuple[int, int]:
+    items = value if isinstance(value, (list, tuple)) else [value, value]
+    if len(items) != 2 or not all(_is_int(v) and v > 0 for v in items):
+        raise MnistCnnError(f"{where}: field '{name}' must be a positive integer or a pair of them, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_layer(index: int, raw: Any, source: str) -> Layer:
+    if not isinstance(raw, dict):
+        raise MnistCnnError(f"{source}: layer {index} must be a table/object with a 'type', got {raw!r}")
+    kind = ALIASES.get(raw.get("type"), raw.get("type"))
+    if kind not in LAYER_FIELDS:
+        raise MnistCnnError(f"{source}: layer {index} has unknown type {raw.get('type')!r}; "
+                            f"known: {', '.join(LAYER_FIELDS)}")
+    where = f"{source}: layer {index} ({kind})"
+    fields = LAYER_FIELDS[kind]
+    unknown = sorted(set(raw) - set(fields) - {"type"})
+    if unknown:
+        raise MnistCnnError(f"{where}: unknown field {unknown[0]!r}; expected one of {sorted(fields) or 'none'}")
+    args: dict[str, Any] = {}
+    for name, default in fields.items():
+        if name not in raw and default is REQUIRED:
+            raise MnistCnnError(f"{where}: missing required field '{name}'")
+        value = raw.get(name, default)
+        if value is None and name == "activation":
+            value = "linear"
+        args[name] = _check_field(where, name, value)
+    return Layer(kind, args)
+
+
+def _check_field(where: str, name: str, value: Any) -> Any:
+    """Validate one field by its name; returns the normalised value (pairs as lists, for JSON)."""
+    if name in ("filters", "units"):
+        if not _is_int(value) or value <= 0:
+            raise MnistCnnError(f"{where}: field '{name}' must be a positive integer, got {value!r}")
+    elif name in ("kernel_size", "pool_size"):
+        return list(_pair(value, where, name))
+    elif name == "strides":
+        return None if value is None else list(_pair(value, where, name))
+    elif name == "padding":
+        if value not in ("valid", "same"):
+            raise MnistCnnError(f"{where}: field 'padding' must be 'valid' or 'same', got {value!r}")
+    elif name == "activation":
+        if value not in ACTIVATIONS:
+            raise MnistCnnError(f"{where}: field 'activation' must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
+    elif name == "use_bias":
+        if not isinstance(value, bool):
+            raise MnistCnnError(f"{where}: field 'use_bias' must be true or false, got {value!r}")
+    elif name in ("rate", "momentum"):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0 <= value < 1):
+            raise MnistCnnError(f"{where}: field '{name}' must be a number in [0, 1), got {value!r}")
+        return float(value)
+    elif name == "epsilon":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 and math.isfinite(value)):
+            raise MnistCnnError(f"{where}: field 'epsilon' must be a positive number, got {value!r}")
+        return float(value)
+    elif name == "target_shape":
+        if not isinstance(value, (list, tuple)) or not value or not all(_is_int(v) and v > 0 for v in value):
+            raise MnistCnnError(f"{where}: field 'target_shape' must be a list of positive integers, got {value!r}")
+        return list(value)
+    return value
+
+
+def parse_spec(obj: Any, source: str = "spec") -> ModelSpec:
+    """Validate a spec given as plain data; every error names the layer and the field."""
+    if not isinstance(obj, dict):
+        raise MnistCnnError(f"{source}: a spec must be a table/object with 'layers', got {type(obj).__name__}")
+    unknown = sorted(set(obj) - {"name", "input_shape", "layers"})
+    if unknown:
+        raise MnistCnnError(f"{source}: unknown top-level field {unknown[0]!r}; expected name, input_shape, layers")
+    name = obj.get("name", Path(source).stem if source != "spec" else "custom")
+    if not isinstance(name, str) or not name:
+        raise MnistCnnError(f"{source}: 'name' must be a non-empty string, got {name!r}")
+    shape = obj.get("input_shape", [28, 28, 1])
+    if (not isinstance(shape, (list, tuple)) or len(shape) not in (1, 3)
+            or not all(_is_int(v) and v > 0 for v in shape)):
+        raise MnistCnnError(f"{source}: 'input_shape' must be [height, width, channels] or [features], got {shape!r}")
+    layers = obj.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise MnistCnnError(f"{source}: 'layers' must be a non-empty list of layers")
+    spec = ModelSpec(name, tuple(_check_layer(i, raw, source) for i, raw in enumerate(layers)), tuple(shape))
+    infer_shapes(spec, source)
+    return spec
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: str) -> int:
+    # Keras: 'same' keeps ceil(n / s); 'valid' is floor((n - f) / s) + 1, the (n + 2p - f)/s + 1 rule with p = 0
+    return math.ceil(size / stride) if padding == "same" else (size - kernel) // stride + 1
+
+
+def infer_shapes(spec: ModelSpec, source: str = "spec") -> list[tuple[int, ...]]:
+    """The output shape (without the batch axis) of every layer, in Keras's (H, W, C) form."""
+    shape = tuple(spec.input_shape)
+    shapes = []
+    for i, layer in enumerate(spec.layers):
+        where = f"{source}: layer {i} ({layer.type})"
+        a = layer.args
+        if layer.type in ("Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D") and len(shape) != 3:
+            raise MnistCnnError(f"{where}: needs an image input (H, W, C), got shape {shape}; add a Reshape first")
+        if layer.type in ("Conv2D", "MaxPooling2D", "AveragePooling2D"):
+            kernel = a["kernel_size"] if layer.type == "Conv2D" else a["pool_size"]
+            strides = a["strides"] or (kernel if layer.type != "Conv2D" else [1, 1])
+            h, w = (_conv_out(shape[d], kernel[d], strides[d], a["padding"]) for d in (0, 1))
+            if h <= 0 or w <= 0:
+                raise MnistCnnError(f"{where}: kernel {kernel[0]}x{kernel[1]} is larger than its input "
+                                    f"{shape[0]}x{shape[1]}")
+            shape = (h, w, a["filters"] if layer.type == "Conv2D" else shape[2])
+        elif layer.type == "GlobalAveragePooling2D":
+            shape = (shape[2],)
+        elif layer.type == "Dense":
+            if len(shape) != 1:
+                raise MnistCnnError(f"{where}: needs a flat input, got shape {shape}; add a Flatten first")
+            shape = (a["units"],)
+        elif layer.type == "Flatten":
+            shape = (math.prod(shape),)
+        elif layer.type == "Reshape":
+            target = tuple(a["target_shape"])
+            if math.prod(target) != math.prod(shape):
+                raise MnistCnnError(f"{where}: cannot reshape {shape} ({math.prod(shape)} values) "
+                                    f"to {target} ({math.prod(target)} values)")
+            shape = target
+        shapes.append(shape)
+    if len(shapes[-1]) != 1:
+        raise MnistCnnError(f"{source}: the last layer must give a flat vector of class scores, got shape {shapes[-1]}")
+    return shapes
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read a spec from a .toml, .json, .yaml or .yml file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MnistCnnError(f"cannot read spec file {path}: {getattr(e, 'strerror', None) or e}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+            obj = tomllib.loads(text)
+        elif suffix == ".json":
+            obj = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise MnistCnnError(f"{path}: reading YAML needs PyYAML (pip install pyyaml)") from None
+            obj = yaml.safe_load(text)
+        else:
+            raise MnistCnnError(f"{path}: unknown spec file type {suffix!r}; expected .toml, .json, .yaml or .yml")
+    except MnistCnnError:
+        raise
+    except Exception as e:  # each parser has its own error type; all mean "not valid syntax"
+        raise MnistCnnError(f"{path}: not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    return parse_spec(obj, str(path))

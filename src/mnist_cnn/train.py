@@ -1,0 +1,361 @@
+"""Training: the config, then the loop in plain sight (nanoGPT style), with Keras's vocabulary.
+
+Speed comes from keeping the whole data set as one tensor on the device and slicing batches from a
+permutation (no DataLoader, no per-sample Python), augmenting whole batches at once, and syncing with
+the host once per epoch. Every random draw of step k is a function of (seed, k), so a run resumed from
+a checkpoint at step k continues bit for bit where the uninterrupted run would have been.
+Under `torchrun`, each process takes its shard of every global batch and DistributedDataParallel
+averages the gradients (gloo on CPU, NCCL on GPU); only rank 0 writes files and prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_write_json
+from .augment import Augment, random_affine
+from .data import MnistData, load_mnist, split_validation, to_float
+from .errors import MnistCnnError
+from .evaluate import evaluate, loss_and_accuracy, predict_logits
+from .models import build_model
+from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, learning_rate, make_optimizer
+from .runs import Run, latest_checkpoint, load_weights, read_json, save_checkpoint, save_weights, write_history
+from .zoo import RECIPES, get_spec, recipe_for
+
+
+@dataclass
+class TrainConfig:
+    """Every training option; named models and recipes fill these, explicit values win."""
+
+    model: str = "keras-basic"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    recipe: str | None = None
+    data: str | None = None
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: str = "rmsprop"
+    lr: float | None = None                # None: Keras's default for the optimiser
+    seed: int = 0
+    validation_split: float | None = None  # Keras: the last fraction of the training data
+    val_size: int | None = None            # or an explicit count, e.g. 5000 for the 55,000/5,000 split
+    limit_train: int | None = None
+    limit_test: int | None = None
+    out: str | None = None
+    augment: dict[str, float] | None = None
+    schedule: str = "constant"
+    lr_decay: float = 0.95                 # per-epoch factor of the "exponential" schedule
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    ema: float | None = None               # decay of the weight average used for evaluation, e.g. 0.999
+    early_stopping: int | None = None      # patience in epochs, on `monitor`
+    monitor: str = "val_loss"
+    restore_best: bool = False             # end with the best weights on `monitor` (Keras's restore_best_weights)
+    precision: str = "fp32"                # "bf16": autocast matmuls/convs to bfloat16 (AMX on this CPU)
+    channels_last: bool = True
+    threads: int | None = None             # None: every core (divided among local torchrun processes)
+    device: str = "auto"
+    checkpoint_every: int | None = None    # also checkpoint every N steps, not only at epoch ends
+    verbose: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_config(model: str | None = None, recipe: str | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults <- the model's tutorial recipe <- the named recipe <- explicit values (None = not given)."""
+    if recipe is not None and recipe not in RECIPES:
+        raise MnistCnnError(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
+    named = dict(RECIPES.get(recipe, {}))
+    model = model or named.pop("model", None) or TrainConfig.model
+    named.pop("model", None)
+    values = {**recipe_for(model), **named, **{k: v for k, v in overrides.items() if v is not None}}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise MnistCnnError(f"unknown training option {unknown[0]!r}")
+    config = TrainConfig(model=str(model), recipe=recipe, **values)
+    validate(config)
+    return config
+
+
+def validate(c: TrainConfig) -> None:
+    """Options are checked here, at the boundary, with the bad value in the message."""
+    def need(ok: bool, what: str, value: Any) -> None:
+        if not ok:
+            raise MnistCnnError(f"{what}, got {value!r}")
+
+    need(isinstance(c.epochs, int) and c.epochs >= 1, "--epochs must be a positive integer", c.epochs)
+    need(isinstance(c.batch_size, int) and c.batch_size >= 1, "--batch-size must be a positive integer", c.batch_size)
+    need(c.optimizer in DEFAULT_LR, f"--optimizer must be one of {', '.join(DEFAULT_LR)}", c.optimizer)
+    need(c.lr is None or (isinstance(c.lr, (int, float)) and 0 < c.lr < 10), "--lr must be in (0, 10)", c.lr)
+    need(c.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}", c.schedule)
+    need(0 < c.lr_decay <= 1, "--lr-decay must be in (0, 1]", c.lr_decay)
+    need(0 <= c.label_smoothing < 1, "--label-smoothing must be in [0, 1)", c.label_smoothing)
+    need(0 <= c.weight_decay < 1, "--weight-decay must be in [0, 1)", c.weight_decay)
+    need(c.ema is None or 0 < c.ema < 1, "--ema must be in (0, 1)", c.ema)
+    need(c.early_stopping is None or c.early_stopping >= 1, "--early-stopping must be a positive patience",
+         c.early_stopping)
+    need(c.monitor in ("val_loss", "val_accuracy"), "--monitor must be val_loss or val_accuracy", c.monitor)
+    need(c.precision in ("fp32", "bf16"), "--precision must be fp32 or bf16", c.precision)
+    need(c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:"), "--device must be auto, cpu or cuda",
+         c.device)
+    for name in ("limit_train", "limit_test", "checkpoint_every", "threads"):
+        value = getattr(c, name)
+        need(value is None or (isinstance(value, int) and value >= 1),
+             f"--{name.replace('_', '-')} must be a positive integer", value)
+    if (c.early_stopping or c.restore_best) and not (c.validation_split or c.val_size):
+        raise MnistCnnError("--early-stopping and --restore-best need a validation set: "
+                            "add --validation-split or --val-size")
+    if c.augment:
+        Augment.from_dict(c.augment)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MnistCnnError(f"--device {name}: no CUDA device is available here")
+    return torch.device(name)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 64 + rank
+
+
+def _default_out(model: str) -> str:
+    return str(Path("runs") / f"{Path(model).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"Epoch {row['epoch']}/{epochs}", f"{row['seconds']:.1f}s"]
+    parts += [f"{k}: {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in row]
+    return " - ".join(parts) + f" - lr: {row['lr']:.2e}"
+
+
+def _progress(step: int, steps: int, start: float, loss: torch.Tensor, acc: torch.Tensor) -> None:
+    done = int(30 * step / steps)
+    bar = "=" * done + (">" if done < 30 else "") + "." * (29 - done)
+    sys.stdout.write(f"\r{step}/{steps} [{bar}] - {time.perf_counter() - start:.0f}s - loss: {loss.item():.4f}"
+                     f" - accuracy: {acc.item():.4f}")
+    sys.stdout.flush()
+
+
+def train(config: TrainConfig | None = None, data: MnistData | None = None, *, resume: str | Path | None = None,
+          log: Callable[[str], None] = print) -> Run:
+    """Train a model (like Keras's fit), write its run directory, evaluate once on the test set."""
+    checkpoint: tuple[dict, dict] | None = None
+    if resume is not None:
+        out = Path(resume)
+        if not (out / "config.json").exists():
+            raise MnistCnnError(f"cannot resume {out}: no config.json there (is it a run directory?)")
+        saved = TrainConfig(**{**read_json(out / "config.json", {}), "out": str(out),
+                               **({"epochs": config.epochs} if config else {})})
+        config, checkpoint = saved, latest_checkpoint(out, warn=log)
+    config = config or make_config()
+    validate(config)
+
+    # ---- processes, threads, device ----
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = _device(config.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // local_world))
+    is_main = rank == 0
+    say = log if is_main and config.verbose else (lambda _msg: None)
+
+    # ---- data: the whole set as tensors on the device ----
+    data = data or load_mnist(config.data)
+    x_all, y_all = data.x_train[:config.limit_train], data.y_train[:config.limit_train]
+    x_tr, y_tr, x_val, y_val = split_validation(x_all, y_all, validation_split=config.validation_split,
+                                                val_size=config.val_size)
+    x_test, y_test = data.x_test[:config.limit_test], data.y_test[:config.limit_test]
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    x_tr = to_float(x_tr).to(device).contiguous(memory_format=memory_format)
+    y_tr = y_tr.to(device)
+    n = len(x_tr)
+    if n == 0:
+        raise MnistCnnError("no training images left after --limit-train and the validation split")
+
+    # ---- model, optimiser, state ----
+    spec = get_spec(config.model, **config.model_options)
+    torch.manual_seed(config.seed)  # the initial weights
+    model = build_model(spec).to(device, memory_format=memory_format)
+    model.memory_format = memory_format
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+    base_lr = optimizer.param_groups[0]["lr"]
+    ema = EMA(model, config.ema) if config.ema else None
+    augment = Augment.from_dict(config.augment) if config.augment else None
+    steps_per_epoch = -(-n // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    out = Path(config.out or _default_out(config.model))
+    history: list[dict[str, Any]] = []
+    step, best, waited = 0, None, 0
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, seen in this epoch
+    if checkpoint is not None:
+        tensors, meta = checkpoint
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if ema:
+            ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+        sums = tensors["sums"].to(device)
+        step, history, best, waited = meta["step"], meta["history"], meta["best"], meta["waited"]
+        say(f"Resuming {out} at step {step} (epoch {step // steps_per_epoch + 1}, "
+            f"batch {step % steps_per_epoch}/{steps_per_epoch})")
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", config.to_dict())
+        atomic_write_json(out / "spec.json", spec.to_dict())
+
+    def state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        if ema:
+            tensors.update({f"ema.{k}": v for k, v in ema.model.state_dict().items()})
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        tensors.update(opt_tensors, sums=sums)
+        return tensors, {"step": step, "history": history, "best": best, "waited": waited,
+                         "optimizer": opt_meta, "config": config.to_dict(), "spec": spec.to_dict()}
+
+    def checkpoint_now() -> None:
+        if is_main:
+            save_checkpoint(out, step, *state())
+
+    say(f"Training {spec.name} on {n} images ({len(x_val)} validation) for {config.epochs} epochs, "
+        f"batch {config.batch_size}, {config.optimizer} lr {base_lr:g}, {world} process(es) on {device}")
+    show_bar = is_main and config.verbose and sys.stdout.isatty()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    stop = False
+    try:
+        while step < total_steps and not stop:
+            epoch = step // steps_per_epoch
+            # the epoch's order is a pure function of (seed, epoch): a resumed run re-derives it
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+            perm = perm.to(device)
+            model.train()
+            t0 = time.perf_counter()
+            for i in range(step % steps_per_epoch, steps_per_epoch):
+                idx = perm[i * config.batch_size:(i + 1) * config.batch_size][rank::world]
+                xb, yb = x_tr[idx], y_tr[idx]
+                step_seed = _step_seed(config.seed, step, rank)
+                torch.manual_seed(step_seed)  # this step's dropout masks
+                if augment:
+                    gen = torch.Generator(device=device).manual_seed(step_seed)
+                    xb = random_affine(xb, augment, gen).contiguous(memory_format=memory_format)
+                lr = learning_rate(config.schedule, base_lr, step, steps_per_epoch, total_steps, config.lr_decay)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    logits = train_model(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.weight_decay:
+                    decay_weights(optimizer, config.weight_decay)
+                optimizer.step()
+                if ema:
+                    ema.update(model)
+                with torch.no_grad():  # accumulate on the device: no host sync per step
+                    sums += torch.stack([loss.detach().double() * len(yb), (logits.argmax(1) == yb).sum().double(),
+                                         torch.tensor(len(yb), dtype=torch.float64, device=device)])
+                step += 1
+                if show_bar and (i % 20 == 0 or i == steps_per_epoch - 1):
+                    _progress(i + 1, steps_per_epoch, t0, sums[0] / sums[2], sums[1] / sums[2])
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and step % steps_per_epoch:
+                    checkpoint_now()
+            if show_bar:
+                sys.stdout.write("\n")
+            if world > 1:
+                torch.distributed.all_reduce(sums)
+            row = {"epoch": epoch + 1, "loss": (sums[0] / sums[2]).item(), "accuracy": (sums[1] / sums[2]).item()}
+            sums.zero_()
+            eval_model = ema.model if ema else model
+            if len(x_val):
+                row["val_loss"], row["val_accuracy"] = loss_and_accuracy(predict_logits(eval_model, x_val), y_val)
+            row["lr"] = lr
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            say(_epoch_line(row, config.epochs))
+            if len(x_val):
+                value = row[config.monitor]
+                improved = best is None or (value < best if config.monitor == "val_loss" else value > best)
+                if improved:
+                    best, waited = value, 0
+                    if is_main:
+                        save_weights(out / "best.safetensors", eval_model, {"epoch": epoch + 1})
+                else:
+                    waited += 1
+                    if config.early_stopping and waited >= config.early_stopping:
+                        say(f"Early stopping: {config.monitor} did not improve for {waited} epochs")
+                        stop = True
+            if is_main:
+                write_history(out, history)
+            checkpoint_now()
+    except KeyboardInterrupt:
+        checkpoint_now()
+        raise MnistCnnError(f"interrupted at step {step}; checkpoint saved in {out / 'checkpoints'}; "
+                            f"continue with: mnist-cnn train --resume {out}") from None
+
+    # ---- final weights, then the test set, once ----
+    final = ema.model if ema else model
+    if config.restore_best and (out / "best.safetensors").exists():
+        final = load_weights(out / "best.safetensors").to(device)
+        say("Restored the best weights on " + config.monitor)
+    metrics = {}
+    if is_main:
+        save_weights(out / "model.safetensors", final)
+        metrics = evaluate(final, x_test, y_test)
+        metrics["epochs_trained"] = len(history)
+        metrics["train_seconds"] = sum(r["seconds"] for r in history)
+        atomic_write_json(out / "metrics.json", metrics)
+        say(f"Test accuracy: {metrics['accuracy'] * 100:.2f}% (loss {metrics['loss']:.4f}) on {len(y_test)} images; "
+            f"run saved in {out}")
+    if world > 1:
+        torch.distributed.barrier()
+    return Run(out, final.cpu().eval(), config.to_dict(), history, metrics)
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimiser state as named tensors + JSON, so checkpoints need no pickle."""
+    tensors, scalars = {}, {}
+    for pid, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}

@@ -1,0 +1,82 @@
+"""Every named model: exact Keras parameter counts, output shapes, gradients everywhere, Keras-style summary."""
+
+import pytest
+import torch
+
+from mnist_cnn import MODELS, build_model, count_params, get_spec, layer_table, summary
+
+# (total, non-trainable) as Keras's model.summary() prints them
+KERAS_PARAMS = {
+    "keras-basic": (93_322, 0),
+    "keras-same": (121_994, 0),
+    "keras-bn": (597_738, 1_408),
+    "keras-dropout": (872_714, 0),
+    "mlp": (407_050, 0),
+}
+
+
+def test_every_named_model_has_its_keras_count():
+    assert set(KERAS_PARAMS) <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_shapes_params_and_gradients(name):
+    spec = get_spec(name)
+    total, trainable, fixed = count_params(spec)
+    if name in KERAS_PARAMS:
+        assert (total, fixed) == KERAS_PARAMS[name]
+    assert total == trainable + fixed
+    torch.manual_seed(0)
+    model = build_model(spec).train()
+    x = torch.rand(4, 1, 28, 28)
+    logits = model(x)
+    assert logits.shape == (4, 10)
+    assert torch.isfinite(logits).all()
+    logits.logsumexp(1).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: no gradient for {pname}"
+    assert sum(p.numel() for p in model.parameters()) == trainable
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_feature_shapes_match_summary(name):
+    spec = get_spec(name)
+    model = build_model(spec).eval()
+    features = model.forward_features(torch.rand(2, 1, 28, 28))
+    for row, f in zip(layer_table(spec), features):
+        keras_shape = tuple(f.shape[1:]) if f.dim() == 2 else (f.shape[2], f.shape[3], f.shape[1])
+        assert keras_shape == tuple(row["shape"]), row["name"]
+
+
+def test_keras_dropout_options_change_the_count():
+    assert count_params(get_spec("keras-dropout", kernel_size=3))[0] == 1_199_882
+    assert count_params(get_spec("keras-dropout", dropout=False))[0] == 872_714
+    assert not any(layer.type == "Dropout" for layer in get_spec("keras-dropout", dropout=False).layers)
+
+
+def test_summary_reads_like_keras():
+    text = summary(get_spec("keras-basic"))
+    assert "conv2d (Conv2D)" in text and "(None, 26, 26, 32)" in text
+    assert "dense_1 (Dense)" in text and "(None, 10)" in text
+    assert "Total params: 93,322" in text and "Non-trainable params: 0" in text
+    assert "Non-trainable params: 1,408" in summary(get_spec("keras-bn"))
+    assert "(None, 28, 28, 32)" in summary(get_spec("keras-same"))
+
+
+def test_softmax_is_applied_by_predict_proba_not_forward():
+    model = build_model(get_spec("keras-basic")).eval()
+    x = torch.rand(3, 1, 28, 28)
+    probs = model.predict_proba(x)
+    assert torch.allclose(probs.sum(1), torch.ones(3))
+    assert torch.allclose(probs, torch.softmax(model(x), 1))
+    assert torch.allclose(model.forward_features(x)[-1], probs, atol=1e-6)
+
+
+def test_keras_initialisers():
+    model = build_model(get_spec("keras-basic"))
+    conv = model.layers[0][0]
+    limit = (6 / (9 * 1 + 9 * 32)) ** 0.5  # Glorot-uniform: sqrt(6 / (fan_in + fan_out))
+    assert conv.weight.abs().max() <= limit and conv.weight.abs().max() > 0.9 * limit
+    assert torch.all(conv.bias == 0)
+    bn = build_model(get_spec("keras-bn")).layers[1]
+    assert bn.eps == 1e-3 and abs(bn.momentum - 0.01) < 1e-9  # Keras momentum 0.99, epsilon 1e-3

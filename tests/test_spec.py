@@ -1,0 +1,83 @@
+"""Spec files: the user's own architecture in TOML/JSON/YAML, validated with errors naming layer and field."""
+
+import json
+
+import pytest
+
+from mnist_cnn import MnistCnnError, count_params, get_spec, load_spec, parse_spec
+from mnist_cnn.spec import infer_shapes
+
+TOML = """
+name = "tiny"
+[[layers]]
+type = "Conv2D"
+filters = 8
+kernel_size = 3
+activation = "relu"
+[[layers]]
+type = "GlobalAveragePooling2D"
+[[layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+"""
+
+
+def test_toml_json_yaml_specs_agree(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TOML)
+    spec = load_spec(tmp_path / "tiny.toml")
+    (tmp_path / "tiny.json").write_text(json.dumps(spec.to_dict()))
+    (tmp_path / "tiny.yaml").write_text(
+        "name: tiny\nlayers:\n  - {type: Conv2D, filters: 8, kernel_size: 3, activation: relu}\n"
+        "  - {type: GlobalAveragePooling2D}\n  - {type: Dense, units: 10, activation: softmax}\n")
+    assert load_spec(tmp_path / "tiny.json") == spec == load_spec(tmp_path / "tiny.yaml")
+    assert infer_shapes(spec) == [(26, 26, 8), (8,), (10,)]
+    assert count_params(spec)[0] == 80 + 90
+    assert get_spec(str(tmp_path / "tiny.toml")) == spec
+
+
+def test_zoo_round_trips_through_dict():
+    spec = get_spec("keras-bn")
+    assert parse_spec(spec.to_dict()) == spec
+
+
+def layers(*items):
+    return {"layers": [*items, {"type": "Flatten"}, {"type": "Dense", "units": 10}]}
+
+
+@pytest.mark.parametrize("spec, message", [
+    (layers({"type": "Conv3D", "filters": 3}), r"layer 0 has unknown type 'Conv3D'"),
+    (layers({"type": "Conv2D", "kernel_size": 3}), r"layer 0 \(Conv2D\): missing required field 'filters'"),
+    (layers({"type": "Conv2D", "filters": -1, "kernel_size": 3}), r"layer 0 \(Conv2D\): field 'filters' must be a positive integer, got -1"),
+    (layers({"type": "Conv2D", "filters": "8", "kernel_size": 3}), r"field 'filters' must be a positive integer, got '8'"),
+    (layers({"type": "Conv2D", "filters": 8, "kernel_size": 29}), r"layer 0 \(Conv2D\): kernel 29x29 is larger than its input 28x28"),
+    (layers({"type": "Dropout", "rate": float("nan")}), r"layer 0 \(Dropout\): field 'rate' must be a number in \[0, 1\), got nan"),
+    (layers({"type": "Dropout", "rate": 1.5}), r"field 'rate' must be a number in \[0, 1\)"),
+    (layers({"type": "Conv2D", "filters": 8, "kernel_size": 3, "colour": 1}), r"layer 0 \(Conv2D\): unknown field 'colour'"),
+    (layers({"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "magic"}), r"field 'activation' must be one of"),
+    (layers({"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "full"}), r"field 'padding' must be 'valid' or 'same'"),
+    ({"layers": [{"type": "Dense", "units": 10}]}, r"layer 0 \(Dense\): needs a flat input"),
+    ({"layers": [{"type": "Flatten"}, {"type": "Reshape", "target_shape": [5, 5]}]}, r"cannot reshape \(784,\)"),
+    ({"layers": []}, r"'layers' must be a non-empty list"),
+    ({"layers": [{"type": "Conv2D", "filters": 8, "kernel_size": 3}]}, r"last layer must give a flat vector"),
+    ({"input_shape": [28, -28, 1], "layers": [{"type": "Flatten"}]}, r"'input_shape' must be"),
+    ([1, 2], r"a spec must be a table/object"),
+])
+def test_bad_specs_name_the_layer_and_field(spec, message):
+    with pytest.raises(MnistCnnError, match=message):
+        parse_spec(spec, "my.toml")
+
+
+def test_bad_spec_files(tmp_path):
+    (tmp_path / "bad.toml").write_text("layers = [ { type = ")
+    with pytest.raises(MnistCnnError, match=r"bad.toml: not valid TOML"):
+        load_spec(tmp_path / "bad.toml")
+    with pytest.raises(MnistCnnError, match=r"cannot read spec file .*missing.json"):
+        load_spec(tmp_path / "missing.json")
+    (tmp_path / "net.txt").write_text("{}")
+    with pytest.raises(MnistCnnError, match=r"unknown spec file type '.txt'"):
+        load_spec(tmp_path / "net.txt")
+    with pytest.raises(MnistCnnError, match=r"unknown model 'resnet'"):
+        get_spec("resnet")
+    with pytest.raises(MnistCnnError, match=r"model 'keras-basic' has no option 'kernel_size'"):
+        get_spec("keras-basic", kernel_size=3)

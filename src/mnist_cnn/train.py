@@ -334,7 +334,10 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
             f"run saved in {out}")
     if world > 1:
         torch.distributed.barrier()
-    return Run(out, final.cpu().eval(), config.to_dict(), history, metrics)
+    # hand back the model as `load_run` would build it (CPU, default layout): same predictions, bit for bit
+    final = final.cpu().to(memory_format=torch.contiguous_format).eval()
+    final.memory_format = torch.contiguous_format
+    return Run(out, final, config.to_dict(), history, metrics)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

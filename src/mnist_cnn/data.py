@@ -1,0 +1,387 @@
+"""MNIST-style data: IDX and npz files in and out, the bundled copy, validation splits.
+
+Images travel as uint8 tensors [N, 28, 28] and labels as int64 tensors [N]; `to_float` turns
+images into THE model input format, float32 [N, 1, 28, 28] in [0, 1]. Every file is untrusted:
+each problem becomes one `MnistCnnError` line naming the file, and no header is believed before
+the bytes behind it have been seen.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import lzma
+import math
+import numbers
+import os
+import struct
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import BinaryIO, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write_bytes
+from .errors import MnistCnnError
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+
+# The canonical MNIST files: SHA-256 and size of the *decompressed* IDX content (gzip bytes
+# differ between compressors, the content does not).
+CANONICAL = {
+    "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47040016),
+    "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60008),
+    "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7840016),
+    "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10008),
+}
+# Which IDX file (by its usual name, shared by Fashion-MNIST and KMNIST) holds which array.
+IDX_NAMES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+# IDX type code -> big-endian numpy dtype (the IDX format is big-endian throughout).
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_CODES = {np.dtype(t).str[1:]: code for code, t in _IDX_DTYPES.items()}  # "u1" -> 0x08, ...
+_MAX_DIMS = 32  # numpy's limit on array dimensions (older releases)
+# zipfile, zlib, lzma and numpy's .npy header parser each raise their own types on bad input.
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError,
+               NotImplementedError, RuntimeError, struct.error)
+_verified: set[Path] = set()  # bundled directories whose checksums passed in this process
+
+
+@dataclass
+class MnistData:
+    """A train/test pair: uint8 images [N, 28, 28], int64 labels [N], and where they came from."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    source: str
+    num_classes: ClassVar[int] = NUM_CLASSES
+
+    def __len__(self) -> int:
+        """The number of training examples."""
+        return len(self.x_train)
+
+    def __repr__(self) -> str:
+        return f"MnistData(train={len(self.x_train)}, test={len(self.x_test)}, source={self.source!r})"
+
+
+# ---------------------------------------------------------------- IDX files
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file, gzipped or not (told apart by the magic bytes, not the name)."""
+    path = Path(path)
+    compressed = False
+    try:
+        with open(path, "rb") as f:
+            compressed = f.read(2) == _GZIP_MAGIC
+            f.seek(0)
+            if not compressed:
+                return _parse_idx(f, path, os.fstat(f.fileno()).st_size)
+            with gzip.GzipFile(fileobj=f) as g:
+                return _parse_idx(g, path, None)
+    except FileNotFoundError:
+        raise MnistCnnError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise MnistCnnError(f"{path}: is a directory, expected an IDX file") from None
+    except (OSError, EOFError, zlib.error) as e:
+        problem = "corrupt gzip data" if compressed else "cannot read"
+        raise MnistCnnError(f"{path}: {problem} ({e})") from None
+
+
+def _parse_idx(stream: BinaryIO, path: Path, file_size: int | None) -> np.ndarray:
+    """Parse header then body; `file_size` (plain files only) lets a lying header fail at once."""
+    head = stream.read(4)
+    if len(head) < 4 or head[:2] != b"\0\0":
+        raise MnistCnnError(f"{path}: not an IDX file (starts with {head.hex() or 'nothing'}, "
+                            "expected 0000 then a type code and a dimension count)")
+    code, ndim = head[2], head[3]
+    if code not in _IDX_DTYPES:
+        raise MnistCnnError(f"{path}: unknown IDX type code 0x{code:02x} "
+                            f"(known: {', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)})")
+    if not 1 <= ndim <= _MAX_DIMS:
+        raise MnistCnnError(f"{path}: IDX header declares {ndim} dimensions, expected 1 to {_MAX_DIMS}")
+    raw_dims = stream.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise MnistCnnError(f"{path}: truncated: the file ends inside its IDX header")
+    shape = struct.unpack(f">{ndim}I", raw_dims)
+    dtype = np.dtype(_IDX_DTYPES[code])
+    nbytes = math.prod(shape) * dtype.itemsize
+    if file_size is not None and nbytes > file_size - 4 - 4 * ndim:
+        # Refuse before reading anything: a 100-byte file cannot hold 10^9 images.
+        raise _truncated(path, shape, nbytes, file_size - 4 - 4 * ndim)
+    body = _read_at_most(stream, nbytes + 1)
+    if len(body) < nbytes:
+        raise _truncated(path, shape, nbytes, len(body))
+    if len(body) > nbytes:
+        raise MnistCnnError(f"{path}: unexpected bytes after the {nbytes:,} bytes of data "
+                            f"that the header's shape {shape} declares")
+    try:  # numpy refuses shapes like (0, 2**32-1, 2**32-1, 2**32-1) even with no data
+        return np.frombuffer(body, dtype=dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+    except ValueError as e:
+        raise MnistCnnError(f"{path}: cannot make an array of the header's shape {shape} ({e})") from None
+
+
+def _truncated(path: Path | str, shape: tuple[int, ...], nbytes: int, held: int) -> MnistCnnError:
+    return MnistCnnError(f"{path}: truncated: the header declares shape {shape} ({nbytes:,} bytes "
+                         f"of data) but the file holds only {held:,}")
+
+
+def _read_at_most(stream: BinaryIO, limit: int) -> bytearray:
+    """Read until EOF or `limit` bytes in chunks, so memory follows the bytes really there."""
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = stream.read(min(_CHUNK, limit - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The uncompressed IDX encoding of `array` (what the canonical checksums are taken over)."""
+    arr = np.asarray(array)
+    code = _IDX_CODES.get(arr.dtype.str[1:])
+    if code is None:
+        raise MnistCnnError(f"cannot store dtype {arr.dtype} as IDX "
+                            f"(IDX holds {', '.join(np.dtype(t).name for t in _IDX_DTYPES.values())})")
+    if not 1 <= arr.ndim <= 255 or max(arr.shape) >= 2**32:
+        raise MnistCnnError(f"cannot store shape {arr.shape} as IDX (1 to 255 dimensions, each < 2**32)")
+    header = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return header + arr.astype(arr.dtype.newbyteorder(">"), copy=False).tobytes()
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write `array` as IDX, atomically; gzipped if `path` ends in .gz (deterministic: mtime 0, no name)."""
+    path = Path(path)
+    content = idx_bytes(array)
+    if path.name.endswith(".gz"):
+        content = gzip.compress(content, compresslevel=9, mtime=0)
+    return atomic_write_bytes(path, content)
+
+
+# ---------------------------------------------------------------- npz files (Keras mnist.npz layout)
+
+def read_npz(path: str | os.PathLike) -> MnistData:
+    """Read a Keras-style mnist.npz (x_train, y_train, x_test, y_test); never unpickles."""
+    path = Path(path).expanduser()
+    try:
+        with zipfile.ZipFile(path) as zf:
+            missing = [key for key in IDX_NAMES if f"{key}.npy" not in zf.namelist()]
+            if missing:
+                raise MnistCnnError(f"{path}: missing arrays {', '.join(missing)} "
+                                    f"(a Keras-style mnist.npz holds {', '.join(IDX_NAMES)})")
+            arrays = {key: _read_npy(zf, key, f"{path}[{key}]") for key in IDX_NAMES}
+    except FileNotFoundError:
+        raise MnistCnnError(f"{path}: no such file") from None
+    except _ZIP_ERRORS as e:
+        raise MnistCnnError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    return _to_data(arrays, {key: f"{path}[{key}]" for key in IDX_NAMES}, str(path))
+
+
+def _read_npy(zf: zipfile.ZipFile, key: str, where: str) -> np.ndarray:
+    # np.load would allocate the header's shape before reading a zip member; parse it ourselves.
+    with zf.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise MnistCnnError(f"{where}: unsupported .npy format version {version}")
+        if dtype.hasobject:
+            raise MnistCnnError(f"{where}: holds Python objects (dtype {dtype}); refusing to unpickle")
+        nbytes = math.prod(shape) * dtype.itemsize
+        body = _read_at_most(f, nbytes + 1)
+    if len(body) != nbytes:
+        raise MnistCnnError(f"{where}: the header declares shape {shape} ({nbytes:,} bytes of data) "
+                            f"but the array holds {len(body):,}")
+    return np.frombuffer(body, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def write_npz(path: str | os.PathLike, data: MnistData) -> Path:
+    """Write `data` as a compressed Keras-style mnist.npz (uint8 images and labels), atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x_train=data.x_train.numpy(), y_train=data.y_train.numpy().astype(np.uint8),
+                        x_test=data.x_test.numpy(), y_test=data.y_test.numpy().astype(np.uint8))
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- loading MNIST-style sets
+
+def load_mnist(path: str | os.PathLike | None = None, *, verify: bool = True) -> MnistData:
+    """Load MNIST or any set in its format (Fashion-MNIST, KMNIST).
+
+    `path`: None for the copy bundled in the package (checked against the canonical SHA-256 once
+    per process unless `verify` is False); a directory holding the four IDX files, gzipped or
+    not, under their usual or Kaggle-style names; or a Keras-style .npz file.
+    """
+    directory = bundled_mnist_dir() if path is None else Path(path).expanduser()
+    if path is None or directory.is_dir():
+        files, arrays = _read_idx_dir(directory)
+        if path is None and verify:
+            _check_canonical(directory, files, arrays)
+        return _to_data(arrays, files, "bundled" if path is None else str(directory))
+    if directory.is_file():
+        return read_npz(directory)
+    raise MnistCnnError(f"{directory}: no such file or directory "
+                        "(expected a directory of IDX files or a Keras-style .npz file)")
+
+
+def _find_idx(directory: Path, name: str) -> Path:
+    """`name` or its Kaggle spelling (train-images.idx3-ubyte), plain or .gz; Kaggle copies
+    sometimes nest each file in a folder of the same name."""
+    kaggle = name.replace("-idx", ".idx")
+    candidates = [name, f"{name}.gz", kaggle, f"{kaggle}.gz"]
+    for candidate in candidates:
+        for file in (directory / candidate, directory / candidate / candidate):
+            if file.is_file():
+                return file
+    raise MnistCnnError(f"{directory}: no {name} file (looked for {', '.join(candidates)})")
+
+
+def _read_idx_dir(directory: Path) -> tuple[dict[str, Path], dict[str, np.ndarray]]:
+    files = {key: _find_idx(directory, name) for key, name in IDX_NAMES.items()}
+    return files, {key: read_idx(file) for key, file in files.items()}
+
+
+def _to_data(arrays: dict[str, np.ndarray], names: dict[str, str | Path], source: str) -> MnistData:
+    """Check both splits (naming the file at fault) and wrap them as tensors."""
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        x_name, y_name = names[f"x_{split}"], names[f"y_{split}"]
+        if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+            raise MnistCnnError(f"{x_name}: images have shape {x.shape}, expected (N, 28, 28)")
+        if x.dtype != np.uint8:
+            raise MnistCnnError(f"{x_name}: images have dtype {x.dtype}, expected uint8")
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise MnistCnnError(f"{y_name}: labels have shape {y.shape} and dtype {y.dtype}, "
+                                "expected one integer per image")
+        if len(x) == 0:
+            raise MnistCnnError(f"{x_name}: holds no images")
+        if len(y) != len(x):
+            raise MnistCnnError(f"{y_name}: {len(y)} labels for the {len(x)} images in {x_name}")
+        if y.min() < 0 or y.max() >= NUM_CLASSES:
+            bad = y.min() if y.min() < 0 else y.max()
+            raise MnistCnnError(f"{y_name}: label {bad} out of range 0..{NUM_CLASSES - 1}")
+    return MnistData(
+        *(torch.from_numpy(np.ascontiguousarray(arrays[key], dtype=np.int64 if key[0] == "y" else np.uint8))
+          for key in IDX_NAMES),
+        source=source,
+    )
+
+
+# ---------------------------------------------------------------- the bundled copy and downloads
+
+def bundled_mnist_dir() -> Path:
+    """The folder inside the installed package that holds the four canonical IDX .gz files."""
+    return Path(str(resources.files("mnist_cnn") / "datasets" / "mnist"))
+
+
+def verify_bundled() -> None:
+    """Check the bundled files against the canonical SHA-256 (once per process); raise if they differ."""
+    directory = bundled_mnist_dir()
+    if directory not in _verified:
+        _check_canonical(directory, *_read_idx_dir(directory))
+
+
+def _check_canonical(directory: Path, files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
+    if directory in _verified:
+        return
+    for key, name in IDX_NAMES.items():
+        # The IDX encoding is unique, so hashing the re-encoded array hashes the decompressed file.
+        digest = hashlib.sha256(idx_bytes(arrays[key])).hexdigest()
+        if digest != CANONICAL[name][0]:
+            raise MnistCnnError(f"{files[key]}: checksum mismatch: SHA-256 of the content is "
+                                f"{digest}, the canonical MNIST {name} is {CANONICAL[name][0]}")
+    _verified.add(directory)
+
+
+def download_mnist(dest_dir: str | os.PathLike, *, mirrors: Sequence[str] = MIRRORS,
+                   timeout: float = 30.0) -> Path:
+    """Fetch the four MNIST .gz files from the first mirror that serves the canonical content.
+
+    Only for machines with a network; `load_mnist()` never needs it (the package bundles MNIST).
+    """
+    dest = Path(dest_dir).expanduser()
+    for name, (sha256, size) in CANONICAL.items():
+        failures = []
+        for mirror in mirrors:
+            url = f"{mirror.rstrip('/')}/{name}.gz"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    raw = bytes(_read_at_most(response, size + 1))  # MNIST's .gz is far smaller
+                content = _read_at_most(gzip.GzipFile(fileobj=io.BytesIO(raw)), size + 1)
+            except (urllib.error.URLError, OSError, EOFError, zlib.error, ValueError) as e:
+                failures.append(f"{url}: {getattr(e, 'reason', e)}")
+                continue
+            if hashlib.sha256(content).hexdigest() != sha256:
+                failures.append(f"{url}: content does not match the canonical SHA-256")
+                continue
+            atomic_write_bytes(dest / f"{name}.gz", raw)
+            break
+        else:
+            raise MnistCnnError(f"could not download {name}.gz ({'; '.join(failures)}); without a "
+                                "network use load_mnist() for the bundled copy")
+    return dest
+
+
+# ---------------------------------------------------------------- splits and model input
+
+def split_validation(
+    x: torch.Tensor, y: torch.Tensor, *, validation_split: float | None = None, val_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split off the LAST part of the training data as validation, like Keras' `validation_split`.
+
+    Give a fraction (`validation_split`, 0 <= f < 1) or a count (`val_size`), or neither for an
+    empty validation set. Returns (x_train, y_train, x_val, y_val), views of the inputs.
+    """
+    n = len(x)
+    if len(y) != n:
+        raise MnistCnnError(f"split_validation: {len(y)} labels for {n} images")
+    if validation_split is not None and val_size is not None:
+        raise MnistCnnError("give validation_split or val_size, not both "
+                            f"(got validation_split={validation_split!r}, val_size={val_size!r})")
+    split_at = n
+    if validation_split is not None:
+        if (isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real)
+                or not 0 <= validation_split < 1):
+            raise MnistCnnError(f"validation_split={validation_split!r}: expected a fraction in [0, 1)")
+        if validation_split:
+            split_at = math.floor(n * (1.0 - validation_split))  # Keras' rounding
+            if not 0 < split_at < n:
+                raise MnistCnnError(f"validation_split={validation_split!r} leaves {split_at} of {n} "
+                                    "examples for training: nothing to split off or nothing left")
+    elif val_size is not None:
+        if isinstance(val_size, bool) or not isinstance(val_size, numbers.Integral) or not 0 <= val_size < n:
+            raise MnistCnnError(f"val_size={val_size!r}: expected a whole number from 0 to {n - 1}")
+        split_at = n - int(val_size)
+    return x[:split_at], y[:split_at], x[split_at:], y[split_at:]
+
+
+def to_float(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 images [N, H, W] -> float32 [N, 1, H, W] in [0, 1], the model input format."""
+    x = torch.as_tensor(x)
+    if x.dtype != torch.uint8 or x.ndim != 3:
+        raise MnistCnnError(f"to_float expects uint8 images [N, H, W], "
+                            f"got {x.dtype} of shape {tuple(x.shape)}")
+    return x.unsqueeze(1).to(torch.float32).div_(255.0)

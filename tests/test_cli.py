@@ -1,0 +1,51 @@
+"""The CLI in-process: every command is a thin layer over the API; user mistakes are one line, exit 2."""
+
+import json
+
+import pytest
+
+from mnist_cnn.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_and_summary(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0 and "keras-basic" in out and "93,322" in out
+    code, out, _ = run_cli(capsys, "summary", "keras-bn")
+    assert code == 0 and "Total params: 597,738" in out
+    code, out, _ = run_cli(capsys, "summary", "keras-dropout", "--kernel-size", "3", "--json")
+    assert json.loads(out.splitlines()[-1])["total"] == 1_199_882
+
+
+def test_train_then_evaluate(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "train", "--epochs", "1", "--limit-train", "1000", "--limit-test", "200",
+                           "--validation-split", "0.1", "--out", str(out_dir), "--json")
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["run_dir"] == str(out_dir) and result["params"] == 93_322
+    assert set(result["history"][0]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    code, out, _ = run_cli(capsys, "evaluate", str(out_dir), "--limit-test", "200", "--json")
+    metrics = json.loads(out.splitlines()[-1])
+    assert code == 0 and metrics["accuracy"] == result["test_accuracy"]
+    assert len(metrics["confusion"]) == 10 and len(metrics["per_class"]) == 10
+    code, out, _ = run_cli(capsys, "evaluate", str(out_dir), "--limit-test", "200")
+    assert "confusion matrix" in out and "precision" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["summary", "nope"], "error: unknown model 'nope'"),
+    (["train", "--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
+    (["train", "--data", "/no/such/dir"], "/no/such/dir"),
+    (["evaluate", "/no/such/run"], "error: /no/such/run is not a run directory"),
+])
+def test_user_mistakes_are_one_line(capsys, argv, message):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,0 +1,91 @@
+"""Training: reaches a stated accuracy on a real subset, is reproducible from a seed, saves and reloads exactly."""
+
+import json
+
+import pytest
+import torch
+
+from mnist_cnn import MnistCnnError, load_run, make_config, predict_logits, train
+from mnist_cnn.optim import KerasRMSprop, learning_rate
+
+
+def quick(tmp_path, name="run", **overrides):
+    options = dict(epochs=1, limit_train=2000, limit_test=500, verbose=0, out=str(tmp_path / name))
+    return make_config(**{**options, **overrides})
+
+
+def test_keras_basic_reaches_95_percent_on_10k_images(mnist, tmp_path):
+    run = train(quick(tmp_path, limit_train=10_000, limit_test=1_000, optimizer="adam", batch_size=32), mnist)
+    assert run.metrics["accuracy"] >= 0.95
+    assert run.metrics["count"] == 1_000
+
+
+def test_same_seed_same_history_and_weights(mnist, tmp_path):
+    a = train(quick(tmp_path, "a", seed=3, validation_split=0.1), mnist)
+    b = train(quick(tmp_path, "b", seed=3, validation_split=0.1), mnist)
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(a.history) == strip(b.history)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    c = train(quick(tmp_path, "c", seed=4, validation_split=0.1), mnist)
+    assert strip(c.history) != strip(a.history)
+
+
+def test_run_directory_reloads_to_identical_predictions(mnist, tmp_path):
+    run = train(quick(tmp_path, validation_split=0.2), mnist)
+    for name in ("model.safetensors", "config.json", "spec.json", "history.json", "history.csv", "metrics.json"):
+        assert (run.path / name).exists(), name
+    loaded = load_run(run.path)
+    x = mnist.x_test[:300]
+    assert torch.equal(predict_logits(run.model, x), predict_logits(loaded.model, x))
+    assert loaded.metrics["accuracy"] == run.metrics["accuracy"]
+    assert loaded.history[0]["val_accuracy"] == run.history[0]["val_accuracy"]
+    assert json.loads((run.path / "config.json").read_text())["validation_split"] == 0.2
+    header = (run.path / "history.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,loss,accuracy,val_loss,val_accuracy")
+
+
+def test_tutorial_recipes_are_the_defaults():
+    assert (make_config().model, make_config().optimizer, make_config().batch_size) == ("keras-basic", "rmsprop", 64)
+    dropout = make_config(model="keras-dropout")
+    assert (dropout.optimizer, dropout.batch_size, dropout.epochs, dropout.val_size) == ("adam", 500, 20, 5000)
+    assert make_config(model="keras-bn").augment["rotation"] == 8
+    assert make_config(model="keras-dropout", epochs=2).epochs == 2  # flags override the recipe
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": 0}, r"--epochs must be a positive integer, got 0"),
+    ({"batch_size": -5}, r"--batch-size must be a positive integer, got -5"),
+    ({"optimizer": "adagrad"}, r"--optimizer must be one of rmsprop, adam, sgd, got 'adagrad'"),
+    ({"lr": -1.0}, r"--lr must be in \(0, 10\), got -1.0"),
+    ({"early_stopping": 2}, r"need a validation set"),
+    ({"augment": {"rotation": -3}}, r"augment rotation=-3"),
+    ({"recipe": "turbo"}, r"unknown recipe 'turbo'"),
+])
+def test_bad_options_are_refused_with_the_value(options, message):
+    with pytest.raises(MnistCnnError, match=message):
+        make_config(**options)
+
+
+def test_early_stopping_and_best_checkpoint(mnist, tmp_path):
+    run = train(quick(tmp_path, epochs=6, limit_train=600, validation_split=0.5, early_stopping=1,
+                      monitor="val_accuracy", restore_best=True, lr=0.5, optimizer="sgd"), mnist)
+    assert (run.path / "best.safetensors").exists()
+    assert len(run.history) <= 6
+
+
+def test_keras_rmsprop_matches_the_keras_formula():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = KerasRMSprop([w], lr=0.1)
+    w.grad = torch.tensor([0.5, 1e-4])
+    opt.step()
+    v = 0.1 * torch.tensor([0.5, 1e-4]) ** 2
+    expected = torch.tensor([1.0, -2.0]) - 0.1 * torch.tensor([0.5, 1e-4]) / torch.sqrt(v + 1e-7)
+    assert torch.allclose(w.detach(), expected)
+
+
+def test_learning_rate_schedules():
+    assert learning_rate("constant", 0.1, 500, 100, 1000) == 0.1
+    assert learning_rate("exponential", 1.0, 250, 100, 1000) == pytest.approx(0.95 ** 2)
+    assert learning_rate("cosine", 1.0, 500, 100, 1000) == pytest.approx(0.5)
+    assert learning_rate("onecycle", 1.0, 250, 100, 1000) == pytest.approx(1.0)
+    assert learning_rate("onecycle", 1.0, 0, 100, 1000) == pytest.approx(0.1)

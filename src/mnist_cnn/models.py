@@ -81,6 +81,30 @@ def _layer_module(layer: Layer, in_shape: tuple[int, ...]) -> nn.Module:
     raise AssertionError(f"spec validation let through layer type {layer.type}")
 
 
+class PoolFirst(nn.Module):
+    """conv -> ReLU -> max-pool computed as conv -> max-pool -> ReLU: the same numbers, 4x fewer ReLUs."""
+
+    def __init__(self, conv: nn.Sequential, pool: nn.Module):
+        super().__init__()
+        self.conv, self.pool = conv, pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.pool(self.conv[:-1](x)))
+
+
+def _pool_before_activation(head: list[nn.Module]) -> list[nn.Module]:
+    """Swap ReLU and a following max-pool (max commutes with a monotonic function); measured in benchmarks."""
+    out: list[nn.Module] = []
+    for module in head:
+        prev = out[-1] if out else None
+        if (isinstance(module, nn.MaxPool2d) and isinstance(prev, nn.Sequential)
+                and isinstance(prev[0], nn.Conv2d) and isinstance(prev[-1], nn.ReLU)):
+            out[-1] = PoolFirst(prev, module)
+        else:
+            out.append(module)
+    return out
+
+
 class SpecModel(nn.Module):
     """A stack of layers built from a spec. Input: float [N, 1, 28, 28] in [0, 1]; output: logits.
 
@@ -98,7 +122,7 @@ class SpecModel(nn.Module):
         head = list(self.layers)
         if self.softmax_output:  # drop the softmax module, keep what stands before it
             head = head[:-1] if last.type == "Activation" else [*head[:-1], self.layers[-1][0]]
-        self._head = head
+        self._head = _pool_before_activation(head)
         reset_parameters(self)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any, Callable
 
-from .errors import MnistCnnError
+from .errors import MnistCnnError, TrainingInterrupted
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {}
 
@@ -106,6 +106,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(format_metrics(metrics))
 
 
+@command
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import report
+
+    print(report(args.run_dir, args.out))
+
+
+@command
+def cmd_explain(args: argparse.Namespace) -> None:
+    from .explain import explain
+
+    for path in explain(args.run_dir, index=args.index, image=args.image, out_dir=args.out):
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-cnn", description="Train, evaluate, explain, export and serve "
                                      "CNNs on MNIST and other 28x28 grayscale image sets.")
@@ -160,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data")
     p.add_argument("--limit-test", type=int)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("report", help="write one self-contained HTML page about a run: summary, metrics, pictures")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE", help="the HTML file to write (default: RUN_DIR/report.html)")
+
+    p = sub.add_parser("explain", help="pictures of one digit inside a run's model: feature maps, saliency")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    digit = p.add_mutually_exclusive_group(required=True)
+    digit.add_argument("--index", type=int, metavar="N", help="the N-th image of the test set")
+    digit.add_argument("--image", metavar="FILE", help="your own image (PNG, JPEG, ...), made MNIST-like first")
+    p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: RUN_DIR/explain)")
     return parser
 
 
@@ -180,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 130 if isinstance(e, TrainingInterrupted) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

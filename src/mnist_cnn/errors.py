@@ -3,3 +3,7 @@
 
 class MnistCnnError(Exception):
     """A user-facing error: the message names the file or value and what was expected."""
+
+
+class TrainingInterrupted(MnistCnnError):
+    """Ctrl-C during training: a checkpoint was saved and the message says how to resume."""

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .atomic import atomic_write_json
 from .augment import Augment, random_affine
 from .data import MnistData, load_mnist, split_validation, to_float
-from .errors import MnistCnnError
+from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, loss_and_accuracy, predict_logits
 from .models import build_model
 from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, learning_rate, make_optimizer
@@ -315,7 +315,7 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
             checkpoint_now()
     except KeyboardInterrupt:
         checkpoint_now()
-        raise MnistCnnError(f"interrupted at step {step}; checkpoint saved in {out / 'checkpoints'}; "
+        raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {out / 'checkpoints'}; "
                             f"continue with: mnist-cnn train --resume {out}") from None
 
     # ---- final weights, then the test set, once ----

@@ -1,0 +1,107 @@
+"""Interrupted training loses nothing: kill -9 at a random step, resume, and end bit for bit where an
+uninterrupted run ends; damaged checkpoints are skipped; a full disk leaves the previous checkpoint intact."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_cnn import MnistCnnError, make_config, train
+from mnist_cnn.runs import checkpoint_paths, latest_checkpoint, load_tensors
+
+SPEC = str(Path(__file__).parents[1] / "examples" / "small-bn.toml")
+# batch norm, dropout, augmentation, EMA and a schedule: every kind of state a resume must restore
+ARGS = ["--model", SPEC, "--optimizer", "adam", "--epochs", "3", "--batch-size", "32", "--limit-train", "1200",
+        "--limit-test", "200", "--validation-split", "0.1", "--rotation", "10", "--shift", "0.1",
+        "--ema", "0.9", "--schedule", "cosine", "--seed", "7", "--threads", "1", "--checkpoint-every", "5"]
+
+
+def cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mnist_cnn", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_tensors(run_dir / "model.safetensors")[0]
+
+
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
+    full = cli(*ARGS, "--out", str(tmp_path / "full"))
+    victim = cli(*ARGS, "--out", str(tmp_path / "victim"))
+    # wait for a first checkpoint, then kill at a random moment of the run
+    deadline = time.time() + 120
+    while not checkpoint_paths(tmp_path / "victim") and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 1.5))
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert full.wait(timeout=300) == 0, full.stderr.read()
+    if (tmp_path / "victim" / "model.safetensors").exists():
+        pytest.skip("the run finished before the kill landed")
+    resumed = cli("--resume", str(tmp_path / "victim"))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "Resuming" in out
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "victim")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    run = cli(*ARGS, "--out", str(tmp_path / "r"))
+    deadline = time.time() + 120
+    while not checkpoint_paths(tmp_path / "r") and time.time() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    if run.returncode == 0:
+        pytest.skip("the run finished before Ctrl-C landed")
+    assert run.returncode == 130
+    assert f"mnist-cnn train --resume {tmp_path / 'r'}" in err and "Traceback" not in err
+
+
+def test_damaged_checkpoint_is_skipped_for_the_previous_one(mnist, tmp_path):
+    config = make_config(epochs=2, limit_train=256, limit_test=64, batch_size=64, out=str(tmp_path), verbose=0)
+    train(config, mnist)
+    newest, previous = checkpoint_paths(tmp_path)[:2]
+    data = bytearray(newest.read_bytes())
+    data[-10] ^= 0xFF  # flip bits in the tensor data
+    newest.write_bytes(bytes(data))
+    with pytest.raises(MnistCnnError, match=r"damaged: its checksum does not match"):
+        load_tensors(newest)
+    warnings = []
+    _, meta = latest_checkpoint(tmp_path, warn=warnings.append)
+    assert meta["step"] == int(previous.stem.split("-")[1])
+    assert "skipping checkpoint" in warnings[0] and newest.name in warnings[0]
+    newest.write_bytes(b"not a checkpoint")
+    with pytest.raises(MnistCnnError, match=r"damaged or not a safetensors file"):
+        load_tensors(newest)
+
+
+def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(mnist, tmp_path, monkeypatch):
+    train(make_config(epochs=1, limit_train=128, limit_test=64, out=str(tmp_path), verbose=0), mnist)
+    before = {p.name: p.read_bytes() for p in checkpoint_paths(tmp_path)}
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_on_a_full_disk(*args, **kwargs):  # checkpoint writes go to /dev/full: a real ENOSPC
+        fd, name = real_mkstemp(*args, **kwargs)
+        if "ckpt" in name:
+            os.close(fd)
+            fd = os.open("/dev/full", os.O_WRONLY)
+        return fd, name
+
+    monkeypatch.setattr("mnist_cnn.atomic.tempfile.mkstemp", mkstemp_on_a_full_disk)
+    with pytest.raises(MnistCnnError, match=r"could not write .*ckpt-.*No space left on device"):
+        train(make_config(epochs=2, verbose=0), mnist, resume=tmp_path)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in checkpoint_paths(tmp_path)} == before
+    assert not list(tmp_path.rglob("*.tmp")), "a temporary file was left behind"
+    _, meta = latest_checkpoint(tmp_path)
+    assert meta["step"] == 2  # 128 images, batch 64: the epoch-1 checkpoint is whole

@@ -1,0 +1,379 @@
+"""Look inside a model: training curves, confusion, mistakes, filters, feature maps, saliency, and
+the tutorials' convolution pictures computed on real digits.
+
+Every `plot_*` function returns PNG bytes and, given a path, also writes them atomically. Figures
+are drawn on the Agg canvas directly, never through pyplot, so no global backend state is touched;
+matplotlib is imported inside the functions, so commands that never plot never load it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_write_bytes
+from .data import MnistData, load_mnist, to_float
+from .errors import MnistCnnError
+from .models import SpecModel, layer_table
+from .runs import load_run
+from .spec import ModelSpec
+
+DPI = 100
+GRID_COLUMNS = 16  # channels per row of a feature-map mosaic
+FILTER_COLUMNS = 8  # kernels per row: fewer, larger tiles, as tiny kernels are hard to tell apart
+MAX_CHANNELS = 64  # a wider layer shows its first 64 channels: more tiles stop being readable
+MISTAKE_COLUMNS = 5  # keeps each title, e.g. 'true 4 / predicted 9 (0.97)', inside its column
+TILE_PIXELS = 12  # small maps are enlarged to this so the 1-pixel gaps between tiles stay thin
+SPATIAL = ("Conv2D", "MaxPooling2D", "AveragePooling2D")
+# The tutorials' vertical-edge filter; F.conv2d correlates, so it fires where ink lies left of background
+VERTICAL_EDGE = torch.tensor([[1.0, 0.0, -1.0]] * 3)
+
+Digit = np.ndarray | torch.Tensor  # uint8 [28, 28] as stored, or float [1, 1, 28, 28] model input
+
+
+# ---------------------------------------------------------------- figure plumbing
+
+def _figure(width: float, height: float) -> Any:
+    """A figure of width x height inches on its own Agg canvas (outside pyplot, so nothing to close)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MnistCnnError("plots need matplotlib: pip install 'mnist-cnn[plot]'") from None
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _finish(fig: Any, path: str | os.PathLike | None) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # no tool URL inside the file
+    png = buf.getvalue()
+    if path is not None:
+        atomic_write_bytes(path, png)
+    return png
+
+
+def _as_input(image: Digit) -> torch.Tensor:
+    x = torch.as_tensor(image)
+    return to_float(x[None]) if x.dtype == torch.uint8 else x.reshape(1, 1, *x.shape[-2:]).float()
+
+
+def _show_digit(ax: Any, image: Digit, title: str = "") -> None:
+    ax.imshow(_as_input(image)[0, 0].numpy(), cmap="gray_r", vmin=0, vmax=1)  # ink dark on white, as on paper
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _mosaic(maps: np.ndarray, columns: int, symmetric: bool = False) -> np.ndarray:
+    """Tile [C, H, W] into one image, each tile scaled on its own, tiles parted by NaN (drawn as gaps)."""
+    zoom = math.ceil(TILE_PIXELS / max(maps.shape[1:]))
+    maps = maps.repeat(zoom, axis=1).repeat(zoom, axis=2)
+    c, h, w = maps.shape
+    cols = min(columns, c)
+    out = np.full((math.ceil(c / cols) * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for k, m in enumerate(maps.astype(np.float64)):
+        if symmetric:  # weights: keep the sign, 0 stays in the middle of the colour map
+            m = m / max(np.abs(m).max(), 1e-12)
+        else:
+            m = (m - m.min()) / max(m.max() - m.min(), 1e-12)
+        r, q = divmod(k, cols)
+        out[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = m
+    return out
+
+
+def _imshow_mosaic(ax: Any, mosaic: np.ndarray, cmap: str, gap: str, **kw: Any) -> None:
+    import matplotlib
+
+    colours = matplotlib.colormaps[cmap].with_extremes(bad=gap)
+    ax.imshow(mosaic, cmap=colours, interpolation="nearest", **kw)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# ---------------------------------------------------------------- run-level pictures
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike | None = None) -> bytes:
+    """Loss and accuracy per epoch, training vs validation (1000 x 400 px)."""
+    if not history:
+        raise MnistCnnError("no training history to plot (history.json is missing or empty)")
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(10, 4)
+    epochs = [row["epoch"] for row in history]
+    for ax, key in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+        ax.plot(epochs, [row[key] for row in history], "o-", label=f"training {key}")
+        if all(f"val_{key}" in row for row in history):
+            ax.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label=f"validation {key}")
+        ax.set(xlabel="epoch", ylabel=key, title=key.capitalize())
+        ax.set_xlim(0.5, epochs[-1] + 0.5)  # whole epochs, also when there is only one
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _finish(fig, path)
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], path: str | os.PathLike | None = None) -> bytes:
+    """The [true, predicted] counts as a heat map (700 x 620 px)."""
+    counts = np.asarray(confusion)
+    shade = np.log1p(counts)  # a log scale, or the diagonal would wash out every mistake
+    fig = _figure(7, 6.2)
+    ax = fig.subplots()
+    ax.imshow(shade, cmap="Blues")
+    n = len(counts)
+    for t in range(n):
+        for p in range(n):
+            if counts[t, p]:
+                dark = shade[t, p] > 0.6 * shade.max()
+                ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
+           title="Confusion matrix (test set)")
+    return _finish(fig, path)
+
+
+def plot_per_class(per_class: Sequence[dict[str, Any]], path: str | os.PathLike | None = None) -> bytes:
+    """Accuracy on the test digits of each class (its recall), as bars (480 x 350 px)."""
+    from matplotlib.ticker import PercentFormatter
+
+    classes = [row["class"] for row in per_class]
+    accuracy = np.array([row["recall"] for row in per_class])
+    bottom = max(0.0, math.floor((accuracy.min() - 0.02) * 20) / 20)  # zoom in, or all bars look the same
+    fig = _figure(4.8, 3.5)
+    ax = fig.subplots()
+    bars = ax.bar(classes, accuracy - bottom, bottom=bottom, color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{a:.1%}" for a in accuracy], fontsize=7)
+    ax.set(xticks=classes, ylim=(bottom, 1.0 + (1.0 - bottom) * 0.08), xlabel="class",
+           ylabel=f"accuracy (axis from {bottom:.0%})", title="Per-class accuracy (test set)")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    return _finish(fig, path)
+
+
+def find_mistakes(probabilities: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
+    """The misclassified images, most confident first: index, true, predicted, confidence."""
+    confidence, predicted = probabilities.max(1)
+    wrong = (predicted != y).nonzero().flatten()
+    order = wrong[confidence[wrong].argsort(descending=True, stable=True)]
+    return [{"index": int(i), "true": int(y[i]), "predicted": int(predicted[i]),
+             "confidence": float(confidence[i])} for i in order]
+
+
+def plot_mistakes(images: torch.Tensor, mistakes: Sequence[dict[str, Any]], path: str | os.PathLike | None = None,
+                  limit: int = 25) -> bytes:
+    """The first `limit` mistakes (from `find_mistakes`), 5 per row (1000 x 210 px per row)."""
+    shown = list(mistakes)[:limit]
+    rows = max(1, math.ceil(len(shown) / MISTAKE_COLUMNS))
+    fig = _figure(10, 2.1 * rows)
+    axes = fig.subplots(rows, MISTAKE_COLUMNS, squeeze=False).flatten()
+    for ax in axes[len(shown):]:
+        ax.set_axis_off()
+    if not shown:
+        axes[0].text(0, 0.5, "no mistakes on the test set", fontsize=12)
+    for ax, m in zip(axes, shown):
+        _show_digit(ax, images[m["index"]], f"true {m['true']} / predicted {m['predicted']} ({m['confidence']:.2f})")
+        ax.set_xlabel(f"test #{m['index']}", fontsize=8)
+    return _finish(fig, path)
+
+
+def _conv_layers(spec: ModelSpec) -> list[int]:
+    return [i for i, layer in enumerate(spec.layers) if layer.type == "Conv2D"]
+
+
+def _need_conv(spec: ModelSpec, what: str) -> None:
+    if not _conv_layers(spec):
+        raise MnistCnnError(f"model {spec.name!r} has no Conv2D layer, so it has no {what}")
+
+
+def plot_filters(model: SpecModel, path: str | os.PathLike | None = None) -> bytes:
+    """The first Conv2D layer's kernels as small images, 8 per row (600 px wide, 50 + 75 px per row)."""
+    _need_conv(model.spec, "filters")
+    conv = model.layers[_conv_layers(model.spec)[0]]
+    # the Conv2d is the first module unless a Pad comes before it ('same' with uneven padding)
+    weight = next(m for m in conv.modules() if isinstance(m, torch.nn.Conv2d)).weight.detach()
+    kernels = weight.mean(1)[:MAX_CHANNELS].numpy()  # a kernel over C input channels shows their mean
+    rows = math.ceil(len(kernels) / FILTER_COLUMNS)
+    fig = _figure(6, 0.5 + 0.75 * rows)
+    ax = fig.subplots()
+    # a dark gap: grey would pass for a small weight in this colour map
+    _imshow_mosaic(ax, _mosaic(kernels, FILTER_COLUMNS, symmetric=True), "RdBu_r", "#303030", vmin=-1, vmax=1)
+    ax.set_title(f"{weight.shape[0]} kernels of {weight.shape[2]}x{weight.shape[3]} "
+                 "(red: positive weight, blue: negative)", fontsize=10)
+    return _finish(fig, path)
+
+
+@torch.no_grad()
+def feature_maps(model: SpecModel, image: Digit) -> dict[str, np.ndarray]:
+    """The output of every Conv2D layer for one digit, keyed by the summary's layer name, each in the
+    summary's (H, W, C) shape (`models.layer_table`)."""
+    was_training = model.training
+    outputs = model.eval().forward_features(_as_input(image))
+    model.train(was_training)
+    return {row["name"]: out[0].permute(1, 2, 0).numpy()
+            for row, out in zip(layer_table(model.spec), outputs) if row["type"] == "Conv2D"}
+
+
+def _feature_map_heights(maps: dict[str, np.ndarray]) -> list[float]:
+    """Inches per row of the figure: the input digit, then a title plus 0.6 per mosaic row per layer."""
+    return [2.0] + [0.4 + 0.6 * math.ceil(min(m.shape[2], MAX_CHANNELS) / GRID_COLUMNS) for m in maps.values()]
+
+
+def plot_feature_maps(model: SpecModel, image: Digit, path: str | os.PathLike | None = None,
+                      title: str = "input") -> bytes:
+    """The input digit, then the activations of every Conv2D layer, one block of tiles per layer
+    (1000 px wide; 200 px for the input plus 40 + 60 per row of 16 channels for each layer)."""
+    _need_conv(model.spec, "feature maps")
+    maps = feature_maps(model, image)
+    heights = _feature_map_heights(maps)
+    fig = _figure(10, sum(heights))
+    axes = fig.subplots(len(heights), 1, height_ratios=heights)
+    _show_digit(axes[0], image, title)
+    for ax, (name, fmap) in zip(axes[1:], maps.items()):
+        channels = fmap.shape[2]
+        shown = f", first {MAX_CHANNELS} shown" if channels > MAX_CHANNELS else ""
+        _imshow_mosaic(ax, _mosaic(fmap.transpose(2, 0, 1)[:MAX_CHANNELS], GRID_COLUMNS), "viridis", "#9a9a9a")
+        ax.set_title(f"{name}: {fmap.shape[0]}x{fmap.shape[1]}, {channels} channels{shown}", fontsize=10)
+    return _finish(fig, path)
+
+
+def saliency(model: SpecModel, image: Digit) -> tuple[np.ndarray, np.ndarray]:
+    """|d predicted logit / d pixel| for one digit ([28, 28]), and the class probabilities ([10])."""
+    x = _as_input(image).requires_grad_(True)
+    was_training = model.training
+    logits = model.eval()(x)
+    model.train(was_training)
+    predicted = int(logits.argmax(1))
+    (grad,) = torch.autograd.grad(logits[0, predicted], x)  # only the input's gradient, none left on the weights
+    return grad[0, 0].abs().numpy(), torch.softmax(logits.detach(), 1)[0].numpy()
+
+
+def plot_saliency(model: SpecModel, image: Digit, path: str | os.PathLike | None = None,
+                  title: str = "input") -> bytes:
+    """The digit, its saliency map, the two overlaid, and the class probabilities (1200 x 320 px)."""
+    sal, probs = saliency(model, image)
+    predicted = int(probs.argmax())
+    fig = _figure(12, 3.2)
+    ax_digit, ax_map, ax_overlay, ax_probs = fig.subplots(1, 4, width_ratios=[1, 1, 1, 1.4])
+    _show_digit(ax_digit, image, title)
+    ax_map.imshow(sal, cmap="hot")
+    ax_map.set_title(f"saliency of the '{predicted}' logit", fontsize=9)
+    _show_digit(ax_overlay, image, "overlaid")
+    ax_overlay.imshow(sal, cmap="hot", alpha=0.6)
+    ax_map.set_xticks([])
+    ax_map.set_yticks([])
+    ax_probs.bar(range(len(probs)), probs, color=["#c44e52" if c == predicted else "#8c8c8c" for c in range(10)])
+    ax_probs.set(xticks=range(len(probs)), ylim=(0, 1), xlabel="class")
+    ax_probs.set_title("class probabilities", fontsize=9)
+    return _finish(fig, path)
+
+
+# ---------------------------------------------------------------- the tutorials' pictures, on real data
+
+def edge_filter_demo(image: Digit) -> dict[str, np.ndarray]:
+    """A digit, the vertical-edge 3x3 filter, the feature map F.conv2d gives (no padding, stride 1:
+    28x28 -> 26x26) and that map after 2x2 max pooling (26x26 -> 13x13)."""
+    x = _as_input(image)
+    fmap = F.conv2d(x, VERTICAL_EDGE[None, None])
+    return {"image": x[0, 0].numpy(), "filter": VERTICAL_EDGE.numpy(), "feature_map": fmap[0, 0].numpy(),
+            "pooled": F.max_pool2d(fmap, 2)[0, 0].numpy()}
+
+
+def plot_edge_filter(image: Digit, path: str | os.PathLike | None = None) -> bytes:
+    """The four pictures of `edge_filter_demo` side by side, sizes worked out by the formula (1200 x 360 px)."""
+    demo = edge_filter_demo(image)
+    n, f, m = len(demo["image"]), len(demo["filter"]), len(demo["feature_map"])
+    fig = _figure(12, 3.6)
+    ax_digit, ax_filter, ax_map, ax_pool = fig.subplots(1, 4)
+    _show_digit(ax_digit, image, f"digit {n}x{n}")
+    ax_filter.imshow(demo["filter"], cmap="RdBu_r", vmin=-1.5, vmax=1.5)
+    for (r, c), v in np.ndenumerate(demo["filter"]):
+        ax_filter.text(c, r, f"{v:g}", ha="center", va="center", fontsize=12)
+    ax_filter.set_title(f"vertical-edge filter {f}x{f}", fontsize=9)
+    limit = max(np.abs(demo["feature_map"]).max(), 1e-6)
+    ax_map.imshow(demo["feature_map"], cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax_map.set_title(f"feature map {m}x{m} = ({n} + 2·0 − {f})/1 + 1", fontsize=9)
+    ax_pool.imshow(demo["pooled"], cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax_pool.set_title(f"2x2 max pool {m // 2}x{m // 2} = ({m} − 2)/2 + 1", fontsize=9)
+    for ax in (ax_map, ax_pool):
+        ax.set_xlabel("red: ink left of background, blue: right", fontsize=8)
+    for ax in (ax_filter, ax_map, ax_pool):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _finish(fig, path)
+
+
+def _same_total_padding(n: int, f: int, s: int) -> int:
+    # Keras 'same': the output keeps ceil(n / s) and the padding makes up the difference
+    return max((math.ceil(n / s) - 1) * s + f - n, 0)
+
+
+@torch.no_grad()
+def output_size_check(spec: ModelSpec) -> list[dict[str, Any]]:
+    """For every Conv2D / pooling layer: the rule floor((n + 2p - f) / s) + 1 worked out on its input,
+    next to the summary's output size and the size the PyTorch model really produces."""
+    rows = layer_table(spec)
+    inputs = [tuple(spec.input_shape)] + [tuple(r["shape"]) for r in rows]
+    h, w, c = spec.input_shape if len(spec.input_shape) == 3 else (28, 28, 1)  # a flat input is a 28x28 digit
+    real = SpecModel(spec).eval().forward_features(torch.zeros(1, c, h, w))
+    checks = []
+    for i, (layer, row) in enumerate(zip(spec.layers, rows)):
+        if layer.type not in SPATIAL:
+            continue
+        a = layer.args
+        f = a["kernel_size"] if layer.type == "Conv2D" else a["pool_size"]
+        s = a["strides"] or f  # pooling strides default to the pool size
+        n = inputs[i][:2]
+        pad = [_same_total_padding(n[d], f[d], s[d]) if a["padding"] == "same" else 0 for d in (0, 1)]
+        computed = tuple((n[d] + pad[d] - f[d]) // s[d] + 1 for d in (0, 1))
+        formulas = [f"⌊({n[d]} + 2·{pad[d] / 2:g} − {f[d]})/{s[d]}⌋ + 1 = {computed[d]}" for d in (0, 1)]
+        checks.append({"name": row["name"], "type": layer.type, "n": n, "f": tuple(f), "p": tuple(x / 2 for x in pad),
+                       "s": tuple(s), "formula": formulas[0] if formulas[0] == formulas[1] else "; ".join(formulas),
+                       "computed": computed, "summary": tuple(row["shape"][:2]),
+                       "pytorch": tuple(real[i].shape[2:]),
+                       "ok": computed == tuple(row["shape"][:2]) == tuple(real[i].shape[2:])})
+    return checks
+
+
+# ---------------------------------------------------------------- one digit, end to end
+
+def _digit(index: int | None, image: str | os.PathLike | None, data: MnistData | None,
+           config: dict[str, Any]) -> tuple[torch.Tensor, str, str]:
+    """The uint8 [28, 28] digit, a file-name stem and a caption, from a test index or an image file."""
+    if (index is None) == (image is None):
+        raise MnistCnnError("give a test-set index or an image file (one of them)")
+    if image is not None:
+        # Pillow loads only when a user's image is asked for
+        from .preprocess import load_image
+
+        return torch.from_numpy(load_image(image)), f"image-{Path(image).stem}", Path(image).name
+    data = data or load_mnist(config.get("data"))
+    if not 0 <= index < len(data.x_test):
+        raise MnistCnnError(f"test index {index} is out of range: the test set has {len(data.x_test)} images "
+                            f"(0..{len(data.x_test) - 1})")
+    return data.x_test[index], f"test-{index}", f"test #{index}, label {int(data.y_test[index])}"
+
+
+def explain(run_dir: str | os.PathLike, index: int | None = None, image: str | os.PathLike | None = None,
+            out_dir: str | os.PathLike | None = None, *, data: MnistData | None = None) -> list[Path]:
+    """Pictures of one digit (test `index` or an `image` file) going through a run's model: saliency,
+    the edge-filter demo and, for a convnet, feature maps. Written to out_dir (default RUN_DIR/explain)."""
+    run = load_run(run_dir)
+    digit, stem, caption = _digit(index, image, data, run.config)
+    out = Path(out_dir) if out_dir is not None else run.path / "explain"
+    probs = run.predict_proba(to_float(digit[None]))[0]
+    title = f"{caption}: predicted {int(probs.argmax())} ({float(probs.max()):.2f})"
+    paths = [out / f"{stem}-saliency.png", out / f"{stem}-edge-filter.png"]
+    plot_saliency(run.model, digit, paths[0], title)
+    plot_edge_filter(digit, paths[1])
+    if _conv_layers(run.spec):
+        paths.append(out / f"{stem}-feature-maps.png")
+        plot_feature_maps(run.model, digit, paths[2], title)
+    return paths

@@ -23,11 +23,9 @@ import pytest as _usage_pytest
 
 
 @_usage_pytest.fixture(scope="session")
-def usage_mnist():
-    """The bundled MNIST, loaded once per session."""
-    from mnist_cnn.data import load_mnist
-
-    return load_mnist()
+def usage_mnist(mnist):
+    """The bundled MNIST, shared with the `mnist` fixture (loaded once per session)."""
+    return mnist
 
 
 @_usage_pytest.fixture(scope="session")

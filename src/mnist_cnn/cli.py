@@ -121,6 +121,78 @@ def cmd_explain(args: argparse.Namespace) -> None:
         print(path)
 
 
+@command
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from .data import load_mnist
+    from .ensemble import evaluate_ensemble, train_members, write_ensemble
+    from .runs import load_run
+
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    runs = [load_run(d) for d in args.run_dirs]
+    data = load_mnist(args.data or (runs[0].config.get("data") if runs else None))
+    if args.train:
+        from .train import make_config
+
+        recipe = args.recipe or (None if args.model else "best")
+        config = make_config(model=args.model, recipe=recipe, data=args.data, epochs=args.epochs, seed=args.seed,
+                             limit_train=args.limit_train, limit_test=args.limit_test, precision=args.precision,
+                             threads=args.threads, device=args.device)
+        runs += train_members(config, args.train, data=data, out=args.out, log=log)
+    if not runs:
+        raise MnistCnnError("give RUN_DIR arguments, --train N, or both")
+    model, metrics = evaluate_ensemble(runs, tta=args.tta, data=data, limit_test=args.limit_test, log=log)
+    out = write_ensemble(args.out, model, metrics)
+    log(f"ensemble saved in {out}")
+    if args.json:
+        _print_json({"out": str(out), **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion")}})
+
+
+@command
+def cmd_experiment(args: argparse.Namespace) -> None:
+    from .experiments import load_grid, run_grid, summary_json
+
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    grid = load_grid(args.grid_file)
+    overrides = {"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test,
+                 "data": args.data, "precision": args.precision, "threads": args.threads, "device": args.device}
+    results = run_grid(grid, seeds=args.seeds, out=args.out, overrides=overrides, log=log)
+    if args.json:
+        return _print_json(summary_json(results))
+    print(results["table"])
+    print(f"results: {results['out']}/results.json" + (f", plot: {results['plot']}" if results.get("plot") else ""))
+
+
+@command
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import format_predictions, predict_files
+
+    results = predict_files(args.run_dir, args.images, show_preprocessed_dir=args.show_preprocessed)
+    if args.json:
+        return _print_json(results)
+    print(format_predictions(results))
+
+
+@command
+def cmd_export(args: argparse.Namespace) -> None:
+    from .data import load_mnist
+    from .export import check_parity, export_model
+    from .runs import load_run
+
+    run = load_run(args.run_dir)
+    path = export_model(run, args.format, args.out)
+    diff = check_parity(run, path, load_mnist().x_test[:1000])
+    if args.json:
+        return _print_json({"path": str(path), "format": args.format, "max_abs_diff_1000_test_images": diff})
+    print(f"wrote {path}; max abs difference from PyTorch on 1,000 test images: {diff:.2e}")
+
+
+@command
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    serve(args.run_dir, args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-cnn", description="Train, evaluate, explain, export and serve "
                                      "CNNs on MNIST and other 28x28 grayscale image sets.")
@@ -186,6 +258,52 @@ def build_parser() -> argparse.ArgumentParser:
     digit.add_argument("--index", type=int, metavar="N", help="the N-th image of the test set")
     digit.add_argument("--image", metavar="FILE", help="your own image (PNG, JPEG, ...), made MNIST-like first")
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: RUN_DIR/explain)")
+    p = sub.add_parser("ensemble", help="average the softmax of several runs (or train N members), "
+                       "evaluate members and ensemble, save the ensemble as one file")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="trained runs to combine")
+    p.add_argument("--out", required=True, help="ensemble directory: ensemble.safetensors + metrics.json")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: also average 1-pixel shifts")
+    p.add_argument("--train", type=int, metavar="N", help="first train N members with seeds SEED..SEED+N-1")
+    p.add_argument("--recipe", help="recipe of the trained members (default with --train: best)")
+    p.add_argument("--model", help="model of the trained members")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, help="seed of the first trained member")
+    p.add_argument("--data")
+    p.add_argument("--limit-train", type=int)
+    p.add_argument("--limit-test", type=int)
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = sub.add_parser("experiment", help="train a grid of variants over several seeds; mean and std per cell")
+    p.add_argument("grid_file", metavar="GRID_FILE", help="a .toml/.json grid: [base] options + [axes] lists")
+    p.add_argument("--seeds", type=int, help="seeds per cell (default: the grid's, else 3)")
+    p.add_argument("--out", help="directory for runs/, results.json and results.png (default experiments/NAME)")
+    p.add_argument("--epochs", type=int, help="override every run's epochs")
+    p.add_argument("--limit-train", type=int)
+    p.add_argument("--limit-test", type=int)
+    p.add_argument("--data")
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p = sub.add_parser("predict", help="predict the digit in your own image files (PNG, JPEG, GIF, BMP, ...)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--show-preprocessed", metavar="DIR", help="write the 28x28 images the model was fed here")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("export", help="export a run's model: onnx, torchscript or safetensors")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], help="default: from --out's suffix")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="HTTP inference service with a drawing page at /")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
     return parser
 
 

@@ -1,0 +1,197 @@
+"""Ship a trained model: ONNX, TorchScript or safetensors, each checked against PyTorch.
+
+Every format takes the model's input, float32 [N, 1, 28, 28] in [0, 1] (white ink on black, as
+`mnist_cnn.preprocess` makes it, divided by 255), N free; none needs this package to load.
+
+ONNX (opset 18, input "image", outputs "logits" [N, 10] and "probabilities" [N, 10])::
+
+    import numpy as np, onnxruntime as ort
+    session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+    x = np.zeros((1, 1, 28, 28), np.float32)          # your images / 255.0
+    logits, probabilities = session.run(None, {"image": x})
+    digit = probabilities.argmax(1)
+    # the spec, run name and test accuracy are in session.get_modelmeta().custom_metadata_map
+
+TorchScript (returns the logits; apply softmax for probabilities)::
+
+    import json, torch
+    extra = {"spec.json": ""}
+    model = torch.jit.load("model.pt", map_location="cpu", _extra_files=extra).eval()
+    probabilities = torch.softmax(model(torch.zeros(1, 1, 28, 28)), dim=1)
+    spec = json.loads(extra["spec.json"])
+
+safetensors (the weights plus the architecture as JSON in the file's metadata)::
+
+    import json
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    weights = load_file("model.safetensors")         # {"layers.0.0.weight": tensor, ...}
+    with safe_open("model.safetensors", "pt") as f:
+        spec = json.loads(f.metadata()["spec"])       # {"name": ..., "layers": [...]}
+    # Keys are PyTorch names: layers.<i>.<j>.weight is spec layer i, conv kernels OIHW.
+    # With this package: mnist_cnn.runs.load_weights("model.safetensors") rebuilds the model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import atomic_write_bytes
+from .errors import MnistCnnError
+from .models import SpecModel
+from .runs import Run, load_run, load_weights, save_weights
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
+            ".safetensors": "safetensors"}
+ONNX_OPSET = 18  # the torch.export-based exporter's native opset; onnxruntime >= 1.14 runs it
+
+RunLike = Union[Run, SpecModel, str, "os.PathLike[str]"]
+
+
+class _WithProbabilities(nn.Module):
+    """Wraps a model so the ONNX graph returns softmax probabilities next to the logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(image)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def _resolve(run_or_model: RunLike) -> tuple[SpecModel, dict[str, Any]]:
+    """The model (eval mode, CPU) and identity metadata from a Run, a model or a run directory."""
+    if isinstance(run_or_model, (str, os.PathLike)):
+        run_or_model = load_run(run_or_model)
+    if isinstance(run_or_model, Run):
+        meta = {"run": run_or_model.path.name, "test_accuracy": run_or_model.metrics.get("accuracy")}
+        model = run_or_model.model
+    elif isinstance(run_or_model, SpecModel):
+        model, meta = run_or_model, {}
+    else:
+        raise MnistCnnError(f"cannot export {type(run_or_model).__name__}: expected a run directory, Run or SpecModel")
+    meta = {"name": model.spec.name, "spec": model.spec.to_dict(), **meta}
+    return model.cpu().eval(), meta
+
+
+def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """The export format: `fmt` if given, else from the file suffix."""
+    if fmt is None:
+        fmt = SUFFIXES.get(Path(path).suffix.lower())
+        if fmt is None:
+            raise MnistCnnError(f"cannot tell the format of {path} from its suffix: use --format "
+                                f"{'|'.join(FORMATS)} or one of {', '.join(SUFFIXES)}")
+    if fmt not in FORMATS:
+        raise MnistCnnError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def export_model(run_or_model: RunLike, fmt: str | None, out_path: str | os.PathLike) -> Path:
+    """Write the model in `fmt` ('onnx', 'torchscript', 'safetensors'; None = from the suffix)
+    to `out_path` atomically, and return the path. See the module docstring for loading."""
+    out = Path(out_path)
+    fmt = format_for(out, fmt)
+    model, meta = _resolve(run_or_model)
+    if fmt == "safetensors":
+        # The run's own weights format (checksummed; spec in metadata), so load_run() reads it back.
+        return save_weights(out, model, {k: v for k, v in meta.items() if k != "spec"})
+    data = _onnx_bytes(model, meta) if fmt == "onnx" else _torchscript_bytes(model, meta)
+    return atomic_write_bytes(out, data)
+
+
+def _onnx_bytes(model: SpecModel, meta: dict[str, Any]) -> bytes:
+    try:
+        import onnx
+    except ImportError as e:
+        raise MnistCnnError("ONNX export needs the 'export' extra: pip install 'mnist-cnn[export]'") from e
+    example = torch.zeros(2, 1, 28, 28)  # batch 2, so the exporter cannot specialise the batch to 1
+    batch = torch.export.Dim("batch")
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter (torchvision ops absent, deprecations)
+        exporter_log.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                _WithProbabilities(model).eval(), (example,), dynamo=True, verbose=False,
+                input_names=["image"], output_names=["logits", "probabilities"],
+                dynamic_shapes={"image": {0: batch}}, opset_version=ONNX_OPSET)
+        except ImportError as e:  # the exporter needs onnxscript
+            raise MnistCnnError(f"ONNX export needs onnxscript ({e}): pip install 'mnist-cnn[export]'") from e
+        finally:
+            exporter_log.setLevel(level)
+        program.save(os.path.join(tmp, "model.onnx"), external_data=False)
+        proto = onnx.load(os.path.join(tmp, "model.onnx"))
+    proto.doc_string = f"mnist-cnn {meta['name']}: image float32 [N,1,28,28] in [0,1] -> logits, probabilities"
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value) if not isinstance(value, str) else value
+    return proto.SerializeToString()
+
+
+def _torchscript_bytes(model: SpecModel, meta: dict[str, Any]) -> bytes:
+    with warnings.catch_warnings():
+        # torch.jit is deprecated in favour of torch.export, but TorchScript is still what
+        # C++ (libtorch) and older runtimes load; the warning would only confuse users.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(model, torch.zeros(2, 1, 28, 28), check_trace=False)
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf, _extra_files={"spec.json": json.dumps(meta["spec"]),
+                                                  "meta.json": json.dumps(meta)})
+    return buf.getvalue()
+
+
+def _as_float(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 [N,28,28] or float [N,1,28,28] -> float32 [N,1,28,28] in [0,1]."""
+    t = torch.as_tensor(x)
+    if t.dtype == torch.uint8:
+        t = t.float().div(255.0)
+    if t.dim() == 3:
+        t = t.unsqueeze(1)
+    return t.float().contiguous()
+
+
+def run_exported(path: str | os.PathLike, x: torch.Tensor | np.ndarray, fmt: str | None = None) -> np.ndarray:
+    """Logits [N, 10] from an exported file, run by its own runtime (onnxruntime for ONNX)."""
+    path = Path(path)
+    fmt = format_for(path, fmt)
+    xf = _as_float(x)
+    if fmt == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise MnistCnnError("checking ONNX needs onnxruntime: pip install 'mnist-cnn[export]'") from e
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(["logits"], {"image": xf.numpy()})[0]
+    with torch.inference_mode():
+        if fmt == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location="cpu").eval()
+        else:
+            module = load_weights(path)
+        return module(xf).float().numpy()
+
+
+def check_parity(run: RunLike, path: str | os.PathLike, x: torch.Tensor | np.ndarray, fmt: str | None = None) -> float:
+    """Max absolute difference between the exported file's logits and PyTorch's on images x."""
+    model, _ = _resolve(run)
+    with torch.inference_mode():
+        expected = model(_as_float(x)).float().numpy()
+    got = run_exported(path, x, fmt)
+    if got.shape != expected.shape:
+        raise MnistCnnError(f"{path}: output shape {got.shape} differs from PyTorch's {expected.shape}")
+    return float(np.abs(got - expected).max()) if expected.size else 0.0

@@ -1,0 +1,110 @@
+"""Predict digits on images: arrays already in MNIST form, or image files of any size and polarity.
+
+`mnist-cnn predict RUN_DIR IMAGE...` is `predict_files` + `format_predictions` (or JSON of the list).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write_bytes
+from .data import to_float
+from .errors import MnistCnnError
+from .models import SpecModel
+from .preprocess import load_image
+from .runs import Run, load_run
+
+RunLike = Union[Run, SpecModel, str, "os.PathLike[str]"]
+
+
+def _model(run: RunLike) -> SpecModel:
+    if isinstance(run, (str, os.PathLike)):
+        run = load_run(run)
+    return (run.model if isinstance(run, Run) else run).eval()
+
+
+def to_model_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, 28, 28] (0..255) -> float32 [N, 1, 28, 28] in [0, 1], the model's input format."""
+    return to_float(np.ascontiguousarray(images, dtype=np.uint8))
+
+
+def predict_proba(model: SpecModel, x: torch.Tensor) -> np.ndarray:
+    """Softmax probabilities [N, 10] for float input [N, 1, 28, 28], without autograd bookkeeping."""
+    with torch.inference_mode():
+        return torch.softmax(model(x).float(), dim=1).numpy()
+
+
+def describe(probabilities: np.ndarray, k: int = 3) -> dict[str, Any]:
+    """One image's probabilities -> digit, its probability, the top k, and all ten (as floats)."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return {"digit": int(order[0]), "probability": float(probabilities[order[0]]),
+            "top3": [{"digit": int(d), "probability": float(probabilities[d])} for d in order],
+            "probabilities": [float(p) for p in probabilities]}
+
+
+def predict_arrays(run: RunLike, images: np.ndarray) -> list[dict[str, Any]]:
+    """Predictions for MNIST-form uint8 images [N, 28, 28] (no preprocessing is applied)."""
+    images = np.asarray(images)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise MnistCnnError(f"expected images of shape [N, 28, 28], got {list(images.shape)}")
+    return [describe(p) for p in predict_proba(_model(run), to_model_input(images))]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A 28x28 uint8 array as an 8-bit grayscale PNG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _unique_name(path: Path, taken: set[str]) -> str:
+    stem, n = path.stem or "image", 1
+    name = f"{stem}.png"
+    while name in taken:  # a/1.png and b/1.png must not overwrite each other
+        n += 1
+        name = f"{stem}-{n}.png"
+    taken.add(name)
+    return name
+
+
+def predict_files(run: RunLike, paths: Sequence[str | os.PathLike], show_preprocessed_dir: str | os.PathLike | None = None
+                  ) -> list[dict[str, Any]]:
+    """Preprocess each image file the MNIST way and predict it. Returns one dict per file:
+    file, digit, probability, top3 [{digit, probability}], probabilities (ten), and `preprocessed`
+    (where the 28x28 input was written, when `show_preprocessed_dir` is given)."""
+    if not paths:
+        raise MnistCnnError("no image files given")
+    model = _model(run)
+    images = np.stack([load_image(p) for p in paths])  # raises naming the first bad file
+    results = [{"file": str(p), **describe(prob)}
+               for p, prob in zip(paths, predict_proba(model, to_model_input(images)))]
+    if show_preprocessed_dir is not None:
+        out_dir, taken = Path(show_preprocessed_dir), set()
+        for result, path, image in zip(results, paths, images):
+            target = out_dir / _unique_name(Path(path), taken)
+            atomic_write_bytes(target, png_bytes(image))
+            result["preprocessed"] = str(target)
+    return results
+
+
+def format_predictions(results: Sequence[dict[str, Any]]) -> str:
+    """Text report, one line per image: `FILE: DIGIT (P%)  top-3: D P%, D P%, D P%`."""
+    width = max((len(str(r.get("file", ""))) for r in results), default=0)
+    lines = []
+    for r in results:
+        top = ", ".join(f"{t['digit']} {t['probability'] * 100:.1f}%" for t in r["top3"])
+        line = f"{str(r.get('file', '')):<{width}}  {r['digit']} ({r['probability'] * 100:.1f}%)  top-3: {top}"
+        if "preprocessed" in r:
+            line += f"  [model input: {r['preprocessed']}]"
+        lines.append(line)
+    return "\n".join(lines)

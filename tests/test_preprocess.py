@@ -1,0 +1,199 @@
+"""User images -> MNIST form (centred, white on black, 20x20 box), and predicting on image files."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
+
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.predict import format_predictions, predict_arrays, predict_files
+from mnist_cnn.preprocess import ImageError, center_of_mass, load_image, preprocess_array
+
+
+def seven(mode: str = "L", ink=20, paper=235, size=(300, 200)) -> Image.Image:
+    """A '7' drawn off-centre on a 300x200 page with wide margins."""
+    im = Image.new(mode, size, paper)
+    ImageDraw.Draw(im).line([(60, 40), (130, 40), (90, 160)], fill=ink, width=12)
+    return im
+
+
+def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def assert_mnist_like(a: np.ndarray) -> None:
+    assert a.shape == (28, 28) and a.dtype == np.uint8
+    cy, cx = center_of_mass(a)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1, (cy, cx)
+    assert a[0, 0] == a[-1, -1] == 0 and a.max() == 255  # white ink on a black background
+    rows, cols = np.flatnonzero((a > 50).any(1)), np.flatnonzero((a > 50).any(0))
+    h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    assert max(h, w) in (19, 20, 21) and min(h, w) <= max(h, w)  # fitted to the 20x20 box
+
+
+def test_dark_on_light_with_margins_is_centred_white_on_black():
+    a = load_image(encode(seven()))
+    assert_mnist_like(a)
+
+
+def test_polarity_and_alpha_give_the_same_digit():
+    dark_on_light = load_image(encode(seven()))
+    light_on_dark = load_image(encode(seven(ink=235, paper=20)))
+    rgba = seven("RGBA", ink=(20, 20, 20, 255), paper=(255, 255, 255, 0))  # dark ink on transparency
+    light_rgba = seven("RGBA", ink=(250, 250, 250, 255), paper=(0, 0, 0, 0))  # light ink on transparency
+    for other in (light_on_dark, load_image(encode(rgba)), load_image(encode(light_rgba))):
+        assert_mnist_like(other)
+        assert np.abs(other.astype(int) - dark_on_light).max() <= 2
+
+
+def test_colour_jpeg_on_grey_paper_with_noise():
+    rng = np.random.default_rng(0)
+    page = np.full((200, 300, 3), (170, 165, 150), np.float64) + rng.normal(0, 6, (200, 300, 3))
+    ink = np.asarray(seven(paper=0, ink=255)) > 0
+    page[ink] = (40, 50, 120)  # blue ballpoint
+    im = Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
+    assert_mnist_like(load_image(encode(im, "JPEG", quality=85)))
+
+
+def test_exif_orientation_is_applied():
+    im = Image.new("L", (200, 100), 255)
+    ImageDraw.Draw(im).line([(40, 50), (160, 50)], fill=0, width=10)  # horizontal as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the stroke is vertical as seen
+    a = load_image(encode(im, "JPEG", exif=exif))
+    rows, cols = np.flatnonzero((a > 50).any(1)), np.flatnonzero((a > 50).any(0))
+    assert len(rows) > 2 * len(cols)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "WEBP"])
+def test_other_formats(fmt):
+    assert_mnist_like(load_image(encode(seven(), fmt)))
+
+
+def test_sixteen_bit_and_palette_transparency():
+    ref = load_image(encode(seven()))
+    sixteen = Image.fromarray(np.asarray(seven()).astype(np.uint16) * 257)  # mode I;16
+    palette = seven().convert("P")
+    for data in (encode(sixteen), encode(palette, "GIF", transparency=palette.getpixel((0, 0)))):
+        assert np.abs(load_image(data).astype(int) - ref).max() <= 2
+
+
+def test_a_large_photo_is_reduced_before_the_array_steps():
+    big = seven(size=(300, 200)).resize((6000, 4000)).convert("RGB")
+    start = time.perf_counter()
+    a = load_image(encode(big, "JPEG", quality=80))
+    assert time.perf_counter() - start < 5
+    assert_mnist_like(a)
+
+
+def test_mnist_digits_pass_through_unchanged(usage_mnist):
+    x = usage_mnist.x_test[:1000].numpy()
+    same = [np.abs(preprocess_array(im).astype(int) - im).max() <= 1 for im in x]
+    assert np.mean(same) >= 0.99
+
+
+def test_arrays_of_any_scale_and_colour():
+    g = np.asarray(seven(), dtype=np.float64) / 255.0
+    ref = preprocess_array((g * 255).astype(np.uint8))
+    assert np.abs(preprocess_array(g).astype(int) - ref).max() <= 1
+    rgb = np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=2)
+    assert np.abs(preprocess_array(rgb).astype(int) - ref).max() <= 1
+    assert_mnist_like(preprocess_array(g < 0.5))  # booleans: True = ink
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(30, 120), w=st.integers(30, 120), data=st.data())
+def test_any_blob_lands_centred_in_the_box(h, w, data):
+    y0 = data.draw(st.integers(1, h - 8))
+    x0 = data.draw(st.integers(1, w - 8))
+    y1 = data.draw(st.integers(y0 + 4, h - 1))
+    x1 = data.draw(st.integers(x0 + 4, w - 1))
+    img = np.zeros((h, w), np.uint8)
+    img[y0:y1, x0:x1] = 255
+    a = preprocess_array(img)
+    cy, cx = center_of_mass(a)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+    rows, cols = np.flatnonzero(a.any(1)), np.flatnonzero(a.any(0))
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 22  # 20 px plus Lanczos' faint fringe
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares huge dimensions (a decompression bomb's header) and holds almost no data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"definitely not an image", "not_an_image"),
+    (b"", "not_an_image"),
+    (encode(seven())[:300], "truncated_image"),
+    (png_header_only(10_000, 5_000), "image_too_large"),  # over our limit, under Pillow's
+    (png_header_only(100_000, 100_000), "image_too_large"),  # over Pillow's own bomb limit
+    (encode(Image.new("L", (64, 64), 200)), "blank_image"),
+])
+def test_bad_images_get_one_line_errors_naming_the_file(data, code, tmp_path):
+    path = tmp_path / "upload.png"
+    path.write_bytes(data)
+    with pytest.raises(ImageError) as info:
+        load_image(path)
+    assert info.value.code == code
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, MnistCnnError)
+
+
+def test_missing_file_and_bad_arrays(tmp_path):
+    with pytest.raises(MnistCnnError, match="nope.png"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(MnistCnnError, match="2-D"):
+        preprocess_array(np.zeros((2, 3, 5)))
+    with pytest.raises(MnistCnnError, match="NaN"):
+        preprocess_array(np.full((5, 5), np.nan))
+
+
+def test_predict_on_mnist_pngs_matches_the_arrays(usage_run, usage_mnist, tmp_path):
+    x, y = usage_mnist.x_test[:300].numpy(), usage_mnist.y_test[:300].numpy()
+    paths = []
+    for i, im in enumerate(x):
+        paths.append(tmp_path / f"{i:03d}.png")
+        paths[-1].write_bytes(encode(Image.fromarray(im)))
+    on_files = predict_files(usage_run, paths, show_preprocessed_dir=tmp_path / "seen")
+    on_arrays = predict_arrays(usage_run, x)
+    files_digits = np.array([r["digit"] for r in on_files])
+    array_digits = np.array([r["digit"] for r in on_arrays])
+    assert (files_digits == y).mean() == pytest.approx((array_digits == y).mean(), abs=0.005)
+    assert (files_digits == array_digits).mean() >= 0.99
+    first = on_files[0]
+    assert first["file"] == str(paths[0]) and len(first["top3"]) == 3 and len(first["probabilities"]) == 10
+    assert first["top3"][0]["digit"] == first["digit"]
+    seen = np.asarray(Image.open(first["preprocessed"]))
+    assert seen.shape == (28, 28) and np.abs(seen.astype(int) - x[0]).max() <= 1
+
+
+def test_predict_files_text_json_and_name_clashes(usage_run, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in "ab":
+        (tmp_path / d / "digit.png").write_bytes(encode(seven()))
+    results = predict_files(usage_run, [tmp_path / "a" / "digit.png", tmp_path / "b" / "digit.png"],
+                            show_preprocessed_dir=tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["digit-2.png", "digit.png"]
+    text = format_predictions(results)
+    assert len(text.splitlines()) == 2 and "top-3:" in text and "%" in text
+    json.dumps(results)  # JSON-ready as it is
+    with pytest.raises(MnistCnnError, match="junk.png"):
+        (tmp_path / "junk.png").write_bytes(b"junk")
+        predict_files(usage_run, [tmp_path / "a" / "digit.png", tmp_path / "junk.png"])

@@ -1,0 +1,180 @@
+"""The HTTP service: predictions from uploads and arrays, a 4xx JSON error for every bad input."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import time
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
+
+pytest.importorskip("fastapi", reason="the service needs the 'serve' extra: pip install 'mnist-cnn[serve]'")
+pytest.importorskip("python_multipart", reason="uploads need python-multipart (the 'serve' extra)")
+
+from mnist_cnn.serve import MAX_IMAGES, create_app  # noqa: E402
+
+with warnings.catch_warnings():  # starlette 1.x suggests httpx2 for its TestClient; httpx works
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+def png(im: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def one(dark_on_light: bool = True) -> bytes:
+    """A vertical stroke: a '1' as a person would draw it, 300x200 with margins."""
+    ink, paper = (20, 235) if dark_on_light else (235, 20)
+    im = Image.new("L", (300, 200), paper)
+    ImageDraw.Draw(im).line([(150, 30), (146, 170)], fill=ink, width=14)
+    return png(im)
+
+
+def bomb_header(width: int = 60_000, height: int = 60_000) -> bytes:
+    """A PNG declaring 3.6 Gpx with almost no data: must be refused from its header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def client(usage_run):
+    return TestClient(create_app(usage_run, max_body_bytes=1_000_000))
+
+
+def test_health_page_and_schema(client, usage_run):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok"
+    assert health["model"] == {"name": usage_run.name, "run": usage_run.path.name, "params": usage_run.num_params,
+                               "test_accuracy": usage_run.metrics["accuracy"]}
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        body = client.get(asset)
+        assert body.status_code == 200 and "http://" not in body.text and "https://" not in body.text
+    assert "http" not in page.text  # no external URL anywhere on the page
+    schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]) >= {"multipart/form-data", "application/json"}
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN: off
+
+
+def test_upload_predicts_and_returns_the_model_input(client, usage_run):
+    r = client.post("/v1/predict", files={"file": ("one.png", one(), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["name"] == usage_run.name and body["model"]["params"] == usage_run.num_params
+    p = body["predictions"][0]
+    assert p["file"] == "one.png" and p["digit"] == 1 and len(p["probabilities"]) == 10
+    assert abs(sum(p["probabilities"]) - 1) < 1e-4 and p["top3"][0] == {"digit": 1, "probability": p["probability"]}
+    image = np.array(p["image"])
+    assert image.shape == (28, 28) and image.max() == 255 and image[0, 0] == 0
+
+
+def test_several_files_raw_body_and_light_on_dark(client):
+    files = [("file", ("a.png", one(), "image/png")), ("file", ("b.png", one(False), "image/png"))]
+    r = client.post("/v1/predict", files=files)
+    assert [p["digit"] for p in r.json()["predictions"]] == [1, 1]
+    r = client.post("/v1/predict", content=one(), headers={"content-type": "image/png"})
+    assert r.status_code == 200 and r.json()["predictions"][0]["digit"] == 1
+
+
+def test_json_arrays_in_both_value_ranges(client, usage_mnist, usage_run):
+    x = usage_mnist.x_test[:4].numpy()
+    unit = client.post("/v1/predict", json={"images": (x / 255.0).tolist()}).json()["predictions"]
+    byte = client.post("/v1/predict", json={"images": x.tolist(), "value_range": "byte"}).json()["predictions"]
+    expected = usage_run.predict_proba(usage_mnist.x_test[:4].float().div(255).unsqueeze(1)).numpy()
+    for a, b, e in zip(unit, byte, expected):
+        assert a["digit"] == b["digit"] == int(e.argmax())
+        assert np.abs(np.array(a["probabilities"]) - e).max() < 1e-5 and "image" not in a
+
+
+ARRAY = [[0] * 28] * 28
+
+
+@pytest.mark.parametrize("kwargs, status, code", [
+    ({"files": {"file": ("x.png", b"not an image at all", "image/png")}}, 422, "not_an_image"),
+    ({"files": {"file": ("x.png", one()[:400], "image/png")}}, 422, "truncated_image"),
+    ({"files": {"file": ("bomb.png", bomb_header(), "image/png")}}, 413, "image_too_large"),
+    ({"files": {"file": ("blank.png", png(Image.new("L", (50, 50), 255)), "image/png")}}, 422, "blank_image"),
+    ({"files": {"other": ("x.png", one(), "image/png")}}, 422, "missing_file"),
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_json"),
+    ({"json": {"pictures": [ARRAY]}}, 422, "bad_request"),
+    ({"json": {"images": []}}, 422, "bad_request"),
+    ({"json": {"images": [[[0] * 27] * 28]}}, 422, "bad_shape"),
+    ({"json": {"images": [[[0] * 28] * 27 + [[0] * 5]]}}, 422, "bad_shape"),  # ragged
+    ({"json": {"images": [[0] * 784]}}, 422, "bad_shape"),
+    ({"json": {"images": [[["a"] * 28] * 28]}}, 422, "bad_value"),
+    ({"json": {"images": [[[1.5] * 28] * 28]}}, 422, "out_of_range"),
+    ({"json": {"images": [[[-0.1] * 28] * 28]}}, 422, "out_of_range"),
+    ({"json": {"images": [[[256] * 28] * 28], "value_range": "byte"}}, 422, "out_of_range"),
+    ({"json": {"images": [[[0.5] * 28] * 28], "value_range": "byte"}}, 422, "out_of_range"),
+    ({"json": {"images": [ARRAY], "value_range": "percent"}}, 422, "bad_request"),
+    ({"json": {"images": [ARRAY] * (MAX_IMAGES + 1)}}, 413, "too_many_images"),
+    ({"content": b"\0" * 1_000_001, "headers": {"content-type": "image/png"}}, 413, "body_too_large"),
+    ({"content": iter([b"\0" * 400_000] * 3), "headers": {"content-type": "image/png"}}, 413, "body_too_large"),
+    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+    ({"content": b"garbage", "headers": {"content-type": "multipart/form-data"}}, 400, "bad_request"),
+    ({"content": b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+      "headers": {"content-type": "application/json"}}, 400, "bad_json"),  # nesting too deep to parse
+])
+def test_bad_input_gets_a_4xx_json_error(client, kwargs, status, code):
+    r = client.post("/v1/predict", **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == code and body["detail"] and "\n" not in body["detail"]
+    assert client.get("/healthz").status_code == 200  # and the service is still up
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+       keep=st.floats(0.05, 1.0))
+def test_damaged_uploads_never_get_a_5xx(client, cuts, keep):
+    data = bytearray(one())
+    for where, value in cuts:
+        data[where % len(data)] = value
+    r = client.post("/v1/predict", files={"file": ("x.png", bytes(data[: max(1, int(len(data) * keep))]), "image/png")})
+    assert r.status_code in (200, 413, 422), r.text
+
+
+def test_nan_in_json_is_out_of_range(client):
+    body = b'{"images": [[' + b",".join([b"[" + b",".join([b"NaN"] * 28) + b"]"] * 28) + b"]]}"
+    r = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "out_of_range"
+
+
+def test_concurrent_requests_on_a_real_server(usage_run, usage_start_server):
+    url = usage_start_server(create_app(usage_run))
+    payload = one()
+
+    def call(i: int) -> int:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            r = http.post("/v1/predict", files={"file": (f"{i}.png", payload, "image/png")})
+            return r.json()["predictions"][0]["digit"] if r.status_code == 200 else -r.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(call, range(32))) == [1] * 32
+
+
+def test_a_stalled_body_is_cut_off_not_waited_on(usage_run, usage_start_server):
+    url = usage_start_server(create_app(usage_run, body_timeout_s=0.5))
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  b"Content-Length: 1000\r\n\r\n" + b"\0" * 10)  # promises 1000 bytes, sends 10
+        start = time.monotonic()
+        reply = s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408") and b"body_timeout" in reply
+    assert time.monotonic() - start < 5

@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--model", default="keras-basic", choices=["keras-basic", "keras-bn"])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--peers", nargs="*", default=list(PEER_COMMANDS), choices=list(PEER_COMMANDS))
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
     rows = []
     for precision in args.precision:

@@ -21,7 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--epochs", type=int, help="override every recipe's epochs (quick checks)")
     args = parser.parse_args()
     data = load_mnist()

@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
     p.add_argument("--monitor", choices=["val_loss", "val_accuracy"])
     p.add_argument("--restore-best", action="store_true", help="end with the best weights on --monitor")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bfloat16 autocast where the hardware supports it")
     p.add_argument("--no-channels-last", action="store_true", help="keep PyTorch's default NCHW layout")
     p.add_argument("--threads", type=int)
     p.add_argument("--device", help="auto, cpu or cuda")
@@ -271,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data")
     p.add_argument("--limit-train", type=int)
     p.add_argument("--limit-test", type=int)
-    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bfloat16 autocast where the hardware supports it")
     p.add_argument("--threads", type=int)
     p.add_argument("--device")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -284,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int)
     p.add_argument("--limit-test", type=int)
     p.add_argument("--data")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bfloat16 autocast where the hardware supports it")
     p.add_argument("--threads", type=int)
     p.add_argument("--device")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")

@@ -60,7 +60,8 @@ class TrainConfig:
     early_stopping: int | None = None      # patience in epochs, on `monitor`
     monitor: str = "val_loss"
     restore_best: bool = False             # end with the best weights on `monitor` (Keras's restore_best_weights)
-    precision: str = "fp32"                # "bf16": autocast matmuls/convs to bfloat16 (AMX on this CPU)
+    precision: str = "auto"                # "bf16": autocast convs/matmuls to bfloat16; auto = bf16 where the
+                                           # hardware has it (AVX-512 BF16, CUDA), measured no loss of accuracy
     channels_last: bool = True
     threads: int | None = None             # None: every core (divided among local torchrun processes)
     device: str = "auto"
@@ -106,7 +107,7 @@ def validate(c: TrainConfig) -> None:
     need(c.early_stopping is None or c.early_stopping >= 1, "--early-stopping must be a positive patience",
          c.early_stopping)
     need(c.monitor in ("val_loss", "val_accuracy"), "--monitor must be val_loss or val_accuracy", c.monitor)
-    need(c.precision in ("fp32", "bf16"), "--precision must be fp32 or bf16", c.precision)
+    need(c.precision in ("auto", "fp32", "bf16"), "--precision must be auto, fp32 or bf16", c.precision)
     need(c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:"), "--device must be auto, cpu or cuda",
          c.device)
     for name in ("limit_train", "limit_test", "checkpoint_every", "threads"):
@@ -126,6 +127,14 @@ def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MnistCnnError(f"--device {name}: no CUDA device is available here")
     return torch.device(name)
+
+
+def _use_bf16(precision: str, device: torch.device) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -243,10 +252,12 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
         if is_main:
             save_checkpoint(out, step, *state())
 
+    bf16 = _use_bf16(config.precision, device)
     say(f"Training {spec.name} on {n} images ({len(x_val)} validation) for {config.epochs} epochs, "
-        f"batch {config.batch_size}, {config.optimizer} lr {base_lr:g}, {world} process(es) on {device}")
+        f"batch {config.batch_size}, {config.optimizer} lr {base_lr:g}, {world} process(es) on {device}"
+        f"{', bf16 autocast' if bf16 else ''}")
     show_bar = is_main and config.verbose and sys.stdout.isatty()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     stop = False
     try:
         while step < total_steps and not stop:

@@ -25,8 +25,8 @@ def images(n: int = 4, seed: int = 0) -> torch.Tensor:
 
 
 def params(n: int = 1, angle=0.0, dx=0.0, dy=0.0, shear=0.0, zx=1.0, zy=1.0, size=(28, 28)):
-    t = lambda v: torch.full((n,), float(v))  # noqa: E731
-    return affine_from_params(t(angle), t(dx), t(dy), t(shear), t(zx), t(zy), size)
+    a, x, y, s, zx_, zy_ = (torch.full((n,), float(v)) for v in (angle, dx, dy, shear, zx, zy))
+    return affine_from_params(a, x, y, s, zx_, zy_, size)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8])

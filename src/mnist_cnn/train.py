@@ -79,7 +79,11 @@ def make_config(model: str | None = None, recipe: str | None = None, **overrides
     named = dict(RECIPES.get(recipe, {}))
     model = model or named.pop("model", None) or TrainConfig.model
     named.pop("model", None)
-    values = {**recipe_for(model), **named, **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values = {**recipe_for(model), **named, **given}
+    for one, other in (("validation_split", "val_size"), ("val_size", "validation_split")):
+        if one in given and other not in given:  # the user's way of splitting replaces the recipe's
+            values.pop(other, None)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -95,21 +99,28 @@ def validate(c: TrainConfig) -> None:
         if not ok:
             raise MnistCnnError(f"{what}, got {value!r}")
 
+    def number(value: Any) -> bool:  # config.json and grid files can hold any JSON: compare numbers only
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
     need(isinstance(c.epochs, int) and c.epochs >= 1, "--epochs must be a positive integer", c.epochs)
     need(isinstance(c.batch_size, int) and c.batch_size >= 1, "--batch-size must be a positive integer", c.batch_size)
     need(c.optimizer in DEFAULT_LR, f"--optimizer must be one of {', '.join(DEFAULT_LR)}", c.optimizer)
     need(c.lr is None or (isinstance(c.lr, (int, float)) and 0 < c.lr < 10), "--lr must be in (0, 10)", c.lr)
+    need(isinstance(c.seed, int) and 0 <= c.seed < 2**32, "--seed must be an integer from 0 to 2**32 - 1", c.seed)
     need(c.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}", c.schedule)
-    need(0 < c.lr_decay <= 1, "--lr-decay must be in (0, 1]", c.lr_decay)
-    need(0 <= c.label_smoothing < 1, "--label-smoothing must be in [0, 1)", c.label_smoothing)
-    need(0 <= c.weight_decay < 1, "--weight-decay must be in [0, 1)", c.weight_decay)
-    need(c.ema is None or 0 < c.ema < 1, "--ema must be in (0, 1)", c.ema)
-    need(c.early_stopping is None or c.early_stopping >= 1, "--early-stopping must be a positive patience",
-         c.early_stopping)
+    need(number(c.lr_decay) and 0 < c.lr_decay <= 1, "--lr-decay must be in (0, 1]", c.lr_decay)
+    need(number(c.label_smoothing) and 0 <= c.label_smoothing < 1, "--label-smoothing must be in [0, 1)",
+         c.label_smoothing)
+    need(number(c.weight_decay) and 0 <= c.weight_decay < 1, "--weight-decay must be in [0, 1)", c.weight_decay)
+    need(c.ema is None or (number(c.ema) and 0 < c.ema < 1), "--ema must be in (0, 1)", c.ema)
+    need(c.early_stopping is None or (isinstance(c.early_stopping, int) and c.early_stopping >= 1),
+         "--early-stopping must be a positive patience", c.early_stopping)
+    need(isinstance(c.model, str) and isinstance(c.model_options, dict), "--model must be a name or a spec file "
+         "(with a dict of model options)", (c.model, c.model_options))
     need(c.monitor in ("val_loss", "val_accuracy"), "--monitor must be val_loss or val_accuracy", c.monitor)
     need(c.precision in ("auto", "fp32", "bf16"), "--precision must be auto, fp32 or bf16", c.precision)
-    need(c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:"), "--device must be auto, cpu or cuda",
-         c.device)
+    need(isinstance(c.device, str) and (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")),
+         "--device must be auto, cpu or cuda", c.device)
     for name in ("limit_train", "limit_test", "checkpoint_every", "threads"):
         value = getattr(c, name)
         need(value is None or (isinstance(value, int) and value >= 1),
@@ -167,8 +178,11 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
         out = Path(resume)
         if not (out / "config.json").exists():
             raise MnistCnnError(f"cannot resume {out}: no config.json there (is it a run directory?)")
-        saved = TrainConfig(**{**read_json(out / "config.json", {}), "out": str(out),
-                               **({"epochs": config.epochs} if config else {})})
+        saved = read_json(out / "config.json", {})
+        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise MnistCnnError(f"cannot resume {out}: {out / 'config.json'} has unknown option {unknown[0]!r}")
+        saved = TrainConfig(**{**saved, "out": str(out), **({"epochs": config.epochs} if config else {})})
         config, checkpoint = saved, latest_checkpoint(out, warn=log)
     config = config or make_config()
     validate(config)
@@ -206,6 +220,9 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
 
     # ---- model, optimiser, state ----
     spec = get_spec(config.model, **config.model_options)
+    if spec.num_classes != data.num_classes:
+        raise MnistCnnError(f"model {config.model}: its last layer gives {spec.num_classes} class scores, but the "
+                            f"data has {data.num_classes} classes")
     torch.manual_seed(config.seed)  # the initial weights
     model = build_model(spec).to(device, memory_format=memory_format)
     model.memory_format = memory_format
@@ -235,7 +252,10 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
 
         train_model = DistributedDataParallel(model)
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MnistCnnError(f"cannot make the run directory {out}: {e.strerror or e}") from None
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "spec.json", spec.to_dict())
 

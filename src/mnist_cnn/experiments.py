@@ -1,0 +1,267 @@
+"""Experiments: a grid of training variants, each over several seeds, summarised as mean and std per cell.
+
+A grid file (TOML, or JSON with the same shape) holds the options every run shares and the axes to vary:
+
+    name = "keras-dropout ablation"
+    seeds = 3                       # default; --seeds overrides
+    [base]                          # any TrainConfig field (model, recipe, epochs, augment, ...)
+    model = "keras-dropout"
+    [axes]                          # every combination of these values is one cell
+    model_options.kernel_size = [3, 5]
+    model_options.dropout = [true, false]
+
+Dotted names reach into tables (model_options.kernel_size, augment.rotation). Every run is a normal run
+directory under OUT/runs/CELL/seed-S, and a finished run with the same config is reused, not trained again,
+so an interrupted grid continues where it stopped. Selection between cells belongs on the validation columns;
+the test columns are reported once per finished run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write_bytes, atomic_write_json
+from .data import MnistData, load_mnist
+from .errors import MnistCnnError
+
+
+def load_grid(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a grid file: {'name', 'seeds', 'base': {...}, 'axes': {dotted name: [values]}}."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MnistCnnError(f"cannot read grid file {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            raw = tomllib.loads(text)
+        elif path.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            raise MnistCnnError(f"{path}: a grid file must be .toml or .json, got {path.suffix or 'no suffix'!r}")
+    except MnistCnnError:
+        raise
+    except Exception as e:  # tomllib / json errors: the file is not valid syntax
+        raise MnistCnnError(f"{path}: not valid {path.suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    return check_grid(raw, str(path), default_name=path.stem)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def check_grid(raw: Any, source: str = "grid", default_name: str = "experiment") -> dict[str, Any]:
+    """Validate a grid given as plain data; every error names the grid and the key."""
+    if not isinstance(raw, dict):
+        raise MnistCnnError(f"{source}: a grid must be a table with 'base' and 'axes', got {type(raw).__name__}")
+    unknown = sorted(set(raw) - {"name", "seeds", "base", "axes", "description"})
+    if unknown:
+        raise MnistCnnError(f"{source}: unknown top-level key {unknown[0]!r}; expected name, description, seeds, "
+                            f"base, axes")
+    base, axes = raw.get("base", {}), raw.get("axes", {})
+    if not isinstance(base, dict):
+        raise MnistCnnError(f"{source}: 'base' must be a table of training options, got {base!r}")
+    if not isinstance(axes, dict):
+        raise MnistCnnError(f"{source}: 'axes' must be a table of option = [values], got {axes!r}")
+    flat_axes = _flatten(axes)
+    for name, values in flat_axes.items():
+        if not isinstance(values, list) or not values:
+            raise MnistCnnError(f"{source}: axis {name!r} must be a non-empty list of values, got {values!r}")
+    seeds = raw.get("seeds", 3)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise MnistCnnError(f"{source}: 'seeds' must be a positive integer, got {seeds!r}")
+    grid = {"name": str(raw.get("name") or default_name), "description": str(raw.get("description", "")),
+            "seeds": seeds, "base": base, "axes": flat_axes}
+    for cell in cells(grid):  # every cell must make a valid config: fail before hours of training, not during
+        make_cell_config(grid, cell, seed=0, source=source)
+    return grid
+
+
+def _set(options: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = options
+    for part in parents:
+        child = node.get(part)
+        node[part] = child = dict(child) if isinstance(child, dict) else {}
+        node = child
+    node[leaf] = value
+
+
+def cells(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of axis values, in file order: [{dotted name: value}, ...] (one empty cell if no axes)."""
+    names = list(grid["axes"])
+    return [dict(zip(names, combo)) for combo in itertools.product(*(grid["axes"][n] for n in names))]
+
+
+def _value_text(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def cell_label(cell: dict[str, Any]) -> str:
+    """'kernel_size=3 dropout=true': the last part of each dotted name, for tables and plots."""
+    return " ".join(f"{name.rsplit('.', 1)[-1]}={_value_text(v)}" for name, v in cell.items()) or "base"
+
+
+def cell_slug(cell: dict[str, Any]) -> str:
+    slug = "_".join(f"{name.rsplit('.', 1)[-1]}-{_value_text(v)}" for name, v in cell.items()) or "base"
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", slug)[:120]
+
+
+def make_cell_config(grid: dict[str, Any], cell: dict[str, Any], seed: int, out: str | None = None,
+                     overrides: dict[str, Any] | None = None, source: str = "grid"):
+    """The TrainConfig of one run: base, then the cell's values, then `overrides` (e.g. epochs from the CLI)."""
+    from .train import make_config
+    from .zoo import get_spec
+
+    options = json.loads(json.dumps(grid["base"]))  # a deep copy
+    for name, value in cell.items():
+        _set(options, name, value)
+    options.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    base_seed = options.pop("seed", 0)
+    options.update(seed=base_seed + seed, out=out, verbose=options.get("verbose", 0))
+    try:
+        config = make_config(**options)
+        get_spec(config.model, **config.model_options)  # model options are checked when the spec is built
+        return config
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{source}: cell {cell_label(cell)}: {e}") from None
+    except TypeError as e:
+        raise MnistCnnError(f"{source}: cell {cell_label(cell)}: {e}") from None
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.PathLike | None = None,
+             data: MnistData | None = None, overrides: dict[str, Any] | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train every cell x seed, write OUT/results.json (+ results.png when matplotlib is there); return it."""
+    from .ensemble import reuse_or_train
+
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        raise MnistCnnError(f"seeds must be a positive integer, got {seeds!r}")
+    seeds = seeds or grid["seeds"]
+    out = Path(out or Path("experiments") / re.sub(r"[^A-Za-z0-9_.-]+", "-", grid["name"]))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MnistCnnError(f"cannot make the directory {out}: {e.strerror or e}") from None
+    data = data or load_mnist((overrides or {}).get("data") or grid["base"].get("data"))
+    grid_cells = cells(grid)
+    results: dict[str, Any] = {"name": grid["name"], "description": grid["description"], "out": str(out),
+                               "seeds": seeds, "base": grid["base"], "axes": grid["axes"],
+                               "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
+                               "cells": []}
+    started = time.perf_counter()
+    for i, cell in enumerate(grid_cells):
+        runs = []
+        for s in range(seeds):
+            config = make_cell_config(grid, cell, s, str(out / "runs" / cell_slug(cell) / f"seed-{s}"), overrides)
+            log(f"[{i + 1}/{len(grid_cells)}] {cell_label(cell)} seed {config.seed}")
+            run = reuse_or_train(config, data=data, log=log)
+            last = run.history[-1] if run.history else {}
+            runs.append({"seed": config.seed, "run_dir": str(run.path), "test_accuracy": run.metrics.get("accuracy"),
+                         "test_loss": run.metrics.get("loss"), "val_accuracy": last.get("val_accuracy"),
+                         "val_loss": last.get("val_loss"), "epochs": len(run.history),
+                         "train_seconds": run.metrics.get("train_seconds")})
+            log(f"    test accuracy {runs[-1]['test_accuracy'] * 100:.2f}%"
+                + (f", val accuracy {runs[-1]['val_accuracy'] * 100:.2f}%" if runs[-1]["val_accuracy"] else ""))
+        row: dict[str, Any] = {"label": cell_label(cell), "options": cell, "runs": runs}
+        for key in ("test_accuracy", "val_accuracy", "train_seconds"):
+            values = [r[key] for r in runs if r[key] is not None]
+            row[key + "_mean"], row[key + "_std"] = mean_std(values) if values else (None, None)
+        results["cells"].append(row)
+        atomic_write_json(out / "results.json", results)  # after every cell: partial results survive
+    results["seconds"] = time.perf_counter() - started
+    atomic_write_json(out / "results.json", results)
+    results["table"] = format_table(results)
+    try:
+        results["plot"] = str(plot_results(results, out / "results.png"))
+    except ImportError:
+        log("matplotlib is not installed: no plot (pip install 'mnist-cnn[plot]')")
+    return results
+
+
+def _pct(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{mean * 100:.2f} ± {std * 100:.2f}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """One line per cell: test and validation accuracy (mean ± sample std over seeds), seconds per run."""
+    rows = [(c["label"], _pct(c["test_accuracy_mean"], c["test_accuracy_std"]),
+             _pct(c["val_accuracy_mean"], c["val_accuracy_std"]),
+             "-" if c["train_seconds_mean"] is None else f"{c['train_seconds_mean']:.0f}", str(len(c["runs"])))
+            for c in results["cells"]]
+    head = ("cell", "test acc % (mean ± std)", "val acc % (mean ± std)", "s/run", "seeds")
+    widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+
+    return "\n".join([f"{results['name']} ({results['seeds']} seeds each)", line(head),
+                      "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def plot_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """A bar chart of test (and validation) accuracy per cell with one-std error bars."""
+    import io
+
+    from matplotlib.figure import Figure  # lazy: matplotlib is an optional extra
+
+    cells_ = results["cells"]
+    labels = [c["label"].replace(" ", "\n") for c in cells_]
+    fig = Figure(figsize=(max(4.0, 1.6 * len(cells_) + 1), 4))
+    ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(len(cells_)))
+    series = [("test", "test_accuracy", -0.2)]
+    if any(c["val_accuracy_mean"] is not None for c in cells_):
+        series.append(("validation", "val_accuracy", 0.2))
+    for name, key, offset in series:
+        means = [(c[key + "_mean"] or math.nan) * 100 for c in cells_]
+        stds = [(c[key + "_std"] or 0) * 100 for c in cells_]
+        ax.bar([x + offset for x in xs], means, width=0.4, yerr=stds, capsize=4, label=name)
+    finite = [c[k + "_mean"] * 100 for c in cells_ for _, k, _ in series if c[k + "_mean"] is not None]
+    if finite:
+        ax.set_ylim(max(0.0, min(finite) - 1.0), min(100.0, max(finite) + 0.5))
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("accuracy % (mean ± std)")
+    ax.set_title(f"{results['name']} ({results['seeds']} seeds)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def summary_json(results: dict[str, Any]) -> dict[str, Any]:
+    """The results without the rendered table: what `--json` prints."""
+    return {k: v for k, v in results.items() if k != "table"}
+
+
+__all__ = ["cell_label", "cells", "check_grid", "format_table", "load_grid", "make_cell_config", "mean_std",
+           "plot_results", "run_grid", "summary_json"]

@@ -1,0 +1,131 @@
+"""Ensembles: two copies of one model predict as the model, files round-trip exactly, the CLI writes a dir."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from mnist_cnn import MnistCnnError, build_model, evaluate, get_spec, make_config, to_float
+from mnist_cnn.cli import main
+from mnist_cnn.ensemble import (
+    DEFAULT_SHIFTS,
+    ENSEMBLE_FILE,
+    EnsembleModel,
+    ensemble_of,
+    evaluate_ensemble,
+    load_ensemble,
+    load_ensemble_model,
+    load_model,
+    save_ensemble,
+    shift_images,
+    train_members,
+)
+from mnist_cnn.runs import Run, save_weights
+
+
+def _model(name="keras-basic", seed=0):
+    torch.manual_seed(seed)
+    return build_model(get_spec(name)).eval()
+
+
+@pytest.fixture(scope="module")
+def x(mnist):
+    return to_float(mnist.x_test[:100])
+
+
+def test_two_copies_predict_exactly_as_the_model(mnist, x):
+    model = _model()
+    for ens in (ensemble_of([model, model]), ensemble_of([model, copy.deepcopy(model)])):
+        assert torch.equal(ens.predict_proba(x), model.predict_proba(x))
+        assert torch.equal(ens(x).argmax(1), model(x).argmax(1))
+        got, want = evaluate(ens, mnist.x_test[:200], mnist.y_test[:200]), evaluate(model, mnist.x_test[:200],
+                                                                                    mnist.y_test[:200])
+        assert got["accuracy"] == want["accuracy"] and got["confusion"] == want["confusion"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_ensemble_averages_member_softmax(x):
+    a, b = _model(seed=1), _model("keras-bn", seed=2)
+    ens = ensemble_of([a, b])
+    expected = (torch.softmax(a(x), 1) + torch.softmax(b(x), 1)) / 2
+    assert torch.allclose(ens.predict_proba(x), expected, atol=1e-6)
+    assert torch.allclose(torch.softmax(ens(x), 1), expected, atol=1e-6)  # forward is usable as logits
+
+
+def test_save_load_round_trip_is_exact(tmp_path, x):
+    ens = ensemble_of([_model(seed=1), _model("mlp", seed=2), _model(seed=1)], tta=True,
+                      sources=["a", "b", "c"])
+    path = save_ensemble(tmp_path / "ens", ens)
+    assert path.name == ENSEMBLE_FILE and len(list(tmp_path.rglob("*.safetensors"))) == 1
+    loaded = load_ensemble_model(tmp_path / "ens")
+    assert loaded.shifts == DEFAULT_SHIFTS and loaded.sources == ["a", "b", "c"]
+    assert torch.equal(loaded.predict_proba(x), ens.predict_proba(x))
+    opened = load_model(tmp_path / "ens")
+    assert opened.name.startswith("ensemble-3x") and torch.equal(opened.predict_proba(x), ens.predict_proba(x))
+
+
+def test_shift_images_moves_pixels_and_fills_zero():
+    img = torch.zeros(1, 1, 5, 5)
+    img[0, 0, 2, 2] = 1.0
+    right, up = shift_images(img, 1, 0), shift_images(img, 0, -1)
+    assert right[0, 0, 2, 3] == 1 and right.sum() == 1
+    assert up[0, 0, 1, 2] == 1 and up.sum() == 1
+    edge = torch.ones(1, 1, 5, 5)
+    assert shift_images(edge, -2, 0)[0, 0, :, 3:].sum() == 0 and shift_images(edge, 0, 0) is edge
+
+
+def test_bad_files_and_arguments_give_clear_errors(tmp_path):
+    with pytest.raises(MnistCnnError, match="at least one member"):
+        EnsembleModel([])
+    with pytest.raises(MnistCnnError, match="pairs of integers"):
+        EnsembleModel([_model()], shifts=[(1.5, 0)])
+    with pytest.raises(MnistCnnError, match="not an ensemble"):
+        load_ensemble(tmp_path)
+    save_weights(tmp_path / "single.safetensors", _model())
+    with pytest.raises(MnistCnnError, match="no ensemble description"):
+        load_ensemble_model(tmp_path / "single.safetensors")
+    save_ensemble(tmp_path / "e", ensemble_of([_model()]))
+    raw = bytearray((tmp_path / "e" / ENSEMBLE_FILE).read_bytes())
+    raw[-10] ^= 0xFF
+    (tmp_path / "e" / ENSEMBLE_FILE).write_bytes(bytes(raw))
+    with pytest.raises(MnistCnnError, match="damaged"):
+        load_ensemble(tmp_path / "e")
+
+
+@pytest.fixture(scope="module")
+def members(mnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("members")
+    config = make_config(model="keras-basic", epochs=1, limit_train=700, val_size=200, limit_test=300, verbose=0)
+    return out, config, train_members(config, 2, data=mnist, out=out, log=lambda *_: None)
+
+
+def test_train_members_uses_seeds_and_reuses_finished_runs(members, mnist):
+    out, config, runs = members
+    assert [r.config["seed"] for r in runs] == [0, 1]
+    assert all(isinstance(r, Run) and (r.path / "model.safetensors").exists() for r in runs)
+    assert not torch.equal(runs[0].model.layers[0][0].weight, runs[1].model.layers[0][0].weight)
+    said = []
+    again = train_members(config, 2, data=mnist, out=out, log=said.append)
+    assert sum("reusing" in s for s in said) == 2 and [r.path for r in again] == [r.path for r in runs]
+
+
+def test_evaluate_ensemble_reports_members_test_and_validation(members, mnist):
+    _, _, runs = members
+    _, metrics = evaluate_ensemble(runs, data=mnist, limit_test=300, log=lambda *_: None)
+    assert metrics["size"] == 2 and metrics["count"] == 300 and len(metrics["members"]) == 2
+    assert set(metrics["validation"]) >= {"ensemble", "ensemble_tta", "members"}
+    assert metrics["validation"]["count"] == 200
+
+
+def test_cli_ensemble_writes_a_loadable_dir(members, tmp_path, capsys):
+    _, _, runs = members
+    out = tmp_path / "ens"
+    assert main(["ensemble", str(runs[0].path), str(runs[1].path), "--out", str(out), "--tta",
+                 "--limit-test", "300", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert printed["accuracy"] == saved["accuracy"] and saved["tta"] is True
+    ens = load_ensemble(out)
+    assert ens.model.tta and ens.metrics["accuracy"] == saved["accuracy"]
+    assert main(["ensemble", "--out", str(tmp_path / "none")]) == 2

@@ -1,0 +1,78 @@
+"""Experiments: a tiny grid over two seeds runs end to end and summarises each cell."""
+
+import json
+
+import pytest
+
+from mnist_cnn import MnistCnnError
+from mnist_cnn.cli import main
+from mnist_cnn.experiments import cell_label, cells, check_grid, load_grid, make_cell_config, mean_std
+
+TINY = """
+name = "tiny"
+seeds = 3
+[base]
+model = "keras-dropout"
+epochs = 1
+batch_size = 100
+limit_train = 500
+val_size = 100
+limit_test = 300
+[axes]
+model_options.kernel_size = [3, 5]
+"""
+
+
+def test_experiment_command_runs_a_tiny_grid(tmp_path, capsys):
+    grid = tmp_path / "tiny.toml"
+    grid.write_text(TINY)
+    out = tmp_path / "exp"
+    assert main(["experiment", str(grid), "--seeds", "2", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads((out / "results.json").read_text())
+    assert printed["cells"] == results["cells"]
+    assert [c["label"] for c in results["cells"]] == ["kernel_size=3", "kernel_size=5"]
+    for cell in results["cells"]:
+        assert [r["seed"] for r in cell["runs"]] == [0, 1]
+        accs = [r["test_accuracy"] for r in cell["runs"]]
+        assert cell["test_accuracy_mean"] == pytest.approx(sum(accs) / 2)
+        assert cell["test_accuracy_std"] == pytest.approx(mean_std(accs)[1])
+        assert cell["val_accuracy_mean"] is not None
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # a second call reuses the finished runs and prints the table
+    assert main(["experiment", str(grid), "--seeds", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("reusing finished run") == 4 and "kernel_size=5" in text and "±" in text
+
+
+def test_grid_file_of_the_tutorial_ablation():
+    grid = load_grid("benchmarks/ablation_keras_dropout.toml")
+    assert grid["seeds"] == 3 and len(cells(grid)) == 4
+    labels = [cell_label(c) for c in cells(grid)]
+    assert labels == ["kernel_size=3 dropout=true", "kernel_size=3 dropout=false",
+                      "kernel_size=5 dropout=true", "kernel_size=5 dropout=false"]
+    config = make_cell_config(grid, cells(grid)[3], seed=2)
+    assert config.model_options == {"kernel_size": 5, "dropout": False} and config.seed == 2
+    assert config.val_size == 5000 and config.epochs == 20  # the tutorial recipe of keras-dropout
+
+
+def test_bad_grids_are_refused_before_training(tmp_path):
+    with pytest.raises(MnistCnnError, match="unknown top-level key 'axis'"):
+        check_grid({"base": {}, "axis": {}})
+    with pytest.raises(MnistCnnError, match="non-empty list"):
+        check_grid({"base": {"model": "mlp"}, "axes": {"epochs": 3}})
+    with pytest.raises(MnistCnnError, match="cell epochs=0"):
+        check_grid({"base": {"model": "mlp"}, "axes": {"epochs": [1, 0]}})
+    with pytest.raises(MnistCnnError, match="no option 'width'"):
+        check_grid({"base": {"model": "keras-dropout"}, "axes": {"model_options": {"width": [1]}}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("base = [")
+    with pytest.raises(MnistCnnError, match="not valid TOML"):
+        load_grid(bad)
+
+
+def test_mean_std():
+    assert mean_std([0.99, 0.99]) == (0.99, 0.0)
+    mean, std = mean_std([1.0, 2.0, 3.0])
+    assert mean == 2.0 and std == pytest.approx(1.0)
+    assert mean_std([0.5]) == (0.5, 0.0)

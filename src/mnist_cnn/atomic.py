@@ -14,8 +14,11 @@ from .errors import MnistCnnError
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` so that a reader sees the old file or the new one, never a mix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:  # a parent that is a file, or a folder we may not write in: one line naming the path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise MnistCnnError(f"could not write {path}: {e.strerror or e}") from e
     try:
         # mkstemp makes the file 0600; give it the mode an ordinary new file (or the one it replaces) has
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)

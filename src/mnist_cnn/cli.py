@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                    "shear": args.shear or 0, "zoom": args.zoom or 0}
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     if args.resume:
-        overrides = make_config(epochs=args.epochs) if args.epochs else None
+        overrides = make_config(epochs=args.epochs) if args.epochs is not None else None
         run = train(overrides, resume=args.resume, log=log)
     else:
         config = make_config(
@@ -127,6 +127,8 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     from .ensemble import evaluate_ensemble, train_members, write_ensemble
     from .runs import load_run
 
+    if args.train is not None and args.train < 1:
+        raise MnistCnnError(f"--train must be a positive integer, got {args.train}")
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     runs = [load_run(d) for d in args.run_dirs]
     data = load_mnist(args.data or (runs[0].config.get("data") if runs else None))
@@ -135,8 +137,8 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
 
         recipe = args.recipe or (None if args.model else "best")
         config = make_config(model=args.model, recipe=recipe, data=args.data, epochs=args.epochs, seed=args.seed,
-                             limit_train=args.limit_train, limit_test=args.limit_test, precision=args.precision,
-                             threads=args.threads, device=args.device)
+                             limit_train=args.limit_train, limit_test=args.limit_test, val_size=args.val_size,
+                             precision=args.precision, threads=args.threads, device=args.device)
         runs += train_members(config, args.train, data=data, out=args.out, log=log)
     if not runs:
         raise MnistCnnError("give RUN_DIR arguments, --train N, or both")
@@ -151,6 +153,8 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
 def cmd_experiment(args: argparse.Namespace) -> None:
     from .experiments import load_grid, run_grid, summary_json
 
+    if args.seeds is not None and args.seeds < 1:
+        raise MnistCnnError(f"--seeds must be a positive integer, got {args.seeds}")
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     grid = load_grid(args.grid_file)
     overrides = {"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test,
@@ -180,7 +184,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     run = load_run(args.run_dir)
     path = export_model(run, args.format, args.out)
-    diff = check_parity(run, path, load_mnist().x_test[:1000])
+    diff = check_parity(run, path, load_mnist().x_test[:1000], args.format)
     if args.json:
         return _print_json({"path": str(path), "format": args.format, "max_abs_diff_1000_test_images": diff})
     print(f"wrote {path}; max abs difference from PyTorch on 1,000 test images: {diff:.2e}")
@@ -271,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the first trained member")
     p.add_argument("--data")
     p.add_argument("--limit-train", type=int)
+    p.add_argument("--val-size", type=int, help="the last N training images validate the trained members")
     p.add_argument("--limit-test", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="auto (default): bfloat16 autocast where the hardware supports it")
@@ -315,6 +320,18 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dropout", action="store_true", help="model option (keras-dropout): leave out dropout")
 
 
+# Counts that every command taking them needs positive: 0 would otherwise mean "not given" or an empty slice,
+# and a negative --limit-test would slice from the end (ensemble --train and experiment --seeds check their own).
+_COUNTS = ("epochs", "limit_train", "limit_test", "threads")
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    for name in _COUNTS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise MnistCnnError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -322,11 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        _check_counts(args)
         COMMANDS[args.command](args)
     except MnistCnnError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # one line, even for a path with a newline
         return 130 if isinstance(e, TrainingInterrupted) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

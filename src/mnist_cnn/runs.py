@@ -30,6 +30,9 @@ from .models import SpecModel, build_model, count_params
 from .spec import ModelSpec, parse_spec
 
 FORMAT = "mnist-cnn/1"
+#: Files named like PyTorch/pickle/Keras weights, or starting like a pickle or torch.save's zip, are refused unless
+#: they hold safetensors: unpickling runs whatever code the file's author put in it. We read safetensors + JSON only.
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".h5", ".hdf5", ".keras")
 CHECKPOINT_KEEP = 2  # the newest checkpoints kept, so a damaged newest one still leaves one to resume from
 
 
@@ -55,7 +58,14 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """Read and verify a file written by `save_tensors`; a damaged file gets an error naming it."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(9)
+            pickled = head[:1] == b"\x80" or head[:4] == b"PK\x03\x04" or path.suffix.lower() in PICKLE_SUFFIXES
+            if pickled and head[8:9] != b"{":  # a safetensors file starts with its header's length, then '{'
+                raise MnistCnnError(f"{path}: refusing to load a PyTorch/pickle file: unpickling can run arbitrary "
+                                    "code; mnist-cnn reads only safetensors + JSON (a run directory or its "
+                                    "model.safetensors)")
+            raw = head + f.read()
     except OSError as e:
         raise MnistCnnError(f"cannot read {path}: {e.strerror or e}") from None
     try:
@@ -79,6 +89,8 @@ def save_weights(path: str | os.PathLike, model: SpecModel, extra: dict[str, Any
 def load_weights(path: str | os.PathLike) -> SpecModel:
     """Rebuild a model from a weights file alone: the spec travels in its metadata."""
     tensors, meta = load_tensors(path)
+    if "spec" not in meta:
+        raise MnistCnnError(f"{path} holds no model spec in its metadata (is it a checkpoint or an ensemble?)")
     model = build_model(parse_spec(meta["spec"], str(path)))
     try:
         model.load_state_dict(tensors)
@@ -118,12 +130,19 @@ class Run:
 
 
 def read_json(path: Path, default: Any) -> Any:
+    """The JSON in `path` (`default` when there is no such file); it must be of `default`'s type (dict/list)."""
     if not path.exists():
         return default
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
         raise MnistCnnError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(value, type(default)):
+        raise MnistCnnError(f"{path}: expected a JSON {'object' if isinstance(default, dict) else 'list'}, "
+                            f"got {type(value).__name__}")
+    if isinstance(value, list) and not all(isinstance(row, dict) for row in value):
+        raise MnistCnnError(f"{path}: expected a JSON list of objects (one per epoch)")
+    return value
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:

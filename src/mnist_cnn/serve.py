@@ -271,8 +271,17 @@ _REQUEST_BODY_DOC: dict[str, Any] = {"requestBody": {"required": True, "content"
 def serve(run_dir: Union[str, os.PathLike[str]], host: str = "127.0.0.1", port: int = 8000, *,
           log_level: str = "info") -> None:
     """Run the service with uvicorn until interrupted."""
+    import socket
+
     import uvicorn
 
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise MnistCnnError(f"--port must be an integer from 0 to 65535, got {port!r}")
+    try:  # a taken port or an unknown host: say so in one line, not in uvicorn's log after loading the model
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise MnistCnnError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     app = create_app(run_dir)
     # Short keep-alive and a concurrency cap (503 beyond it): idle or piled-up clients cannot pin the server.
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5, limit_concurrency=256)

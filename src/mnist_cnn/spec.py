@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ LAYER_FIELDS: dict[str, dict[str, Any]] = {
     "Activation": {"activation": REQUIRED},
     "Reshape": {"target_shape": REQUIRED},
 }
+#: Refused before anything is allocated, naming the layer: a spec asking for more is a typo, not a model.
+MAX_PARAMS = 100_000_000  # parameters in the whole model (Keras's count, BatchNorm statistics included)
+MAX_VALUES = 10_000_000  # values in one layer's output, per image (the zoo's largest: 25,088)
+#: The model input is one 28x28 grayscale digit: as an image (H, W, C) or flat (784 values).
+INPUT_SHAPES = ((28, 28, 1), (784,))
 ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D", "AveragePool2D": "AveragePooling2D",
            "GlobalAvgPool2D": "GlobalAveragePooling2D", "BatchNorm": "BatchNormalization"}
 
@@ -82,10 +88,20 @@ class ModelSpec:
         return infer_shapes(self)[-1][0]
 
 
+def _show(value: Any) -> str:
+    """A bounded repr for messages: YAML aliases can nest a few bytes into billions of elements."""
+    return _REPR.repr(value)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 60, 60
+
+
 def _pair(value: Any, where: str, name: str) -> tuple[int, int]:
     items = value if isinstance(value, (list, tuple)) else [value, value]
     if len(items) != 2 or not all(_is_int(v) and v > 0 for v in items):
-        raise MnistCnnError(f"{where}: field '{name}' must be a positive integer or a pair of them, got {value!r}")
+        raise MnistCnnError(f"{where}: field '{name}' must be a positive integer or a pair of them, "
+                            f"got {_show(value)}")
     return int(items[0]), int(items[1])
 
 
@@ -95,16 +111,18 @@ def _is_int(v: Any) -> bool:
 
 def _check_layer(index: int, raw: Any, source: str) -> Layer:
     if not isinstance(raw, dict):
-        raise MnistCnnError(f"{source}: layer {index} must be a table/object with a 'type', got {raw!r}")
-    kind = ALIASES.get(raw.get("type"), raw.get("type"))
-    if kind not in LAYER_FIELDS:
-        raise MnistCnnError(f"{source}: layer {index} has unknown type {raw.get('type')!r}; "
+        raise MnistCnnError(f"{source}: layer {index} must be a table/object with a 'type', got {_show(raw)}")
+    kind = raw.get("type")
+    kind = ALIASES.get(kind, kind) if isinstance(kind, str) else kind
+    if not isinstance(kind, str) or kind not in LAYER_FIELDS:
+        raise MnistCnnError(f"{source}: layer {index} has unknown type {_show(raw.get('type'))}; "
                             f"known: {', '.join(LAYER_FIELDS)}")
     where = f"{source}: layer {index} ({kind})"
     fields = LAYER_FIELDS[kind]
-    unknown = sorted(set(raw) - set(fields) - {"type"})
+    unknown = sorted(set(raw) - set(fields) - {"type"}, key=str)  # YAML keys may be numbers
     if unknown:
-        raise MnistCnnError(f"{where}: unknown field {unknown[0]!r}; expected one of {sorted(fields) or 'none'}")
+        raise MnistCnnError(f"{where}: unknown field {_show(unknown[0])}; "
+                            f"expected one of {sorted(fields) or 'none'}")
     args: dict[str, Any] = {}
     for name, default in fields.items():
         if name not in raw and default is REQUIRED:
@@ -112,6 +130,8 @@ def _check_layer(index: int, raw: Any, source: str) -> Layer:
         value = raw.get(name, default)
         if value is None and name == "activation":
             value = "linear"
+        elif value is None and name == "strides" and kind == "Conv2D":  # null = the default (pools: the pool size)
+            value = default
         args[name] = _check_field(where, name, value)
     return Layer(kind, args)
 
@@ -120,31 +140,33 @@ def _check_field(where: str, name: str, value: Any) -> Any:
     """Validate one field by its name; returns the normalised value (pairs as lists, for JSON)."""
     if name in ("filters", "units"):
         if not _is_int(value) or value <= 0:
-            raise MnistCnnError(f"{where}: field '{name}' must be a positive integer, got {value!r}")
+            raise MnistCnnError(f"{where}: field '{name}' must be a positive integer, got {_show(value)}")
     elif name in ("kernel_size", "pool_size"):
         return list(_pair(value, where, name))
     elif name == "strides":
         return None if value is None else list(_pair(value, where, name))
     elif name == "padding":
         if value not in ("valid", "same"):
-            raise MnistCnnError(f"{where}: field 'padding' must be 'valid' or 'same', got {value!r}")
+            raise MnistCnnError(f"{where}: field 'padding' must be 'valid' or 'same', got {_show(value)}")
     elif name == "activation":
         if value not in ACTIVATIONS:
-            raise MnistCnnError(f"{where}: field 'activation' must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
+            raise MnistCnnError(f"{where}: field 'activation' must be one of {', '.join(ACTIVATIONS)}, "
+                                f"got {_show(value)}")
     elif name == "use_bias":
         if not isinstance(value, bool):
-            raise MnistCnnError(f"{where}: field 'use_bias' must be true or false, got {value!r}")
+            raise MnistCnnError(f"{where}: field 'use_bias' must be true or false, got {_show(value)}")
     elif name in ("rate", "momentum"):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0 <= value < 1):
-            raise MnistCnnError(f"{where}: field '{name}' must be a number in [0, 1), got {value!r}")
+            raise MnistCnnError(f"{where}: field '{name}' must be a number in [0, 1), got {_show(value)}")
         return float(value)
     elif name == "epsilon":
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 and math.isfinite(value)):
-            raise MnistCnnError(f"{where}: field 'epsilon' must be a positive number, got {value!r}")
+            raise MnistCnnError(f"{where}: field 'epsilon' must be a positive number, got {_show(value)}")
         return float(value)
     elif name == "target_shape":
         if not isinstance(value, (list, tuple)) or not value or not all(_is_int(v) and v > 0 for v in value):
-            raise MnistCnnError(f"{where}: field 'target_shape' must be a list of positive integers, got {value!r}")
+            raise MnistCnnError(f"{where}: field 'target_shape' must be a list of positive integers, "
+                                f"got {_show(value)}")
         return list(value)
     return value
 
@@ -153,16 +175,17 @@ def parse_spec(obj: Any, source: str = "spec") -> ModelSpec:
     """Validate a spec given as plain data; every error names the layer and the field."""
     if not isinstance(obj, dict):
         raise MnistCnnError(f"{source}: a spec must be a table/object with 'layers', got {type(obj).__name__}")
-    unknown = sorted(set(obj) - {"name", "input_shape", "layers"})
+    unknown = sorted(set(obj) - {"name", "input_shape", "layers"}, key=str)
     if unknown:
-        raise MnistCnnError(f"{source}: unknown top-level field {unknown[0]!r}; expected name, input_shape, layers")
+        raise MnistCnnError(f"{source}: unknown top-level field {_show(unknown[0])}; "
+                            "expected name, input_shape, layers")
     name = obj.get("name", Path(source).stem if source != "spec" else "custom")
     if not isinstance(name, str) or not name:
-        raise MnistCnnError(f"{source}: 'name' must be a non-empty string, got {name!r}")
+        raise MnistCnnError(f"{source}: 'name' must be a non-empty string, got {_show(name)}")
     shape = obj.get("input_shape", [28, 28, 1])
-    if (not isinstance(shape, (list, tuple)) or len(shape) not in (1, 3)
-            or not all(_is_int(v) and v > 0 for v in shape)):
-        raise MnistCnnError(f"{source}: 'input_shape' must be [height, width, channels] or [features], got {shape!r}")
+    if not isinstance(shape, (list, tuple)) or not all(_is_int(v) for v in shape) or tuple(shape) not in INPUT_SHAPES:
+        raise MnistCnnError(f"{source}: 'input_shape' must be [28, 28, 1] (an image) or [784] (flat): the input "
+                            f"is a 28x28 grayscale digit; got {_show(shape)}")
     layers = obj.get("layers")
     if not isinstance(layers, list) or not layers:
         raise MnistCnnError(f"{source}: 'layers' must be a non-empty list of layers")
@@ -177,9 +200,13 @@ def _conv_out(size: int, kernel: int, stride: int, padding: str) -> int:
 
 
 def infer_shapes(spec: ModelSpec, source: str = "spec") -> list[tuple[int, ...]]:
-    """The output shape (without the batch axis) of every layer, in Keras's (H, W, C) form."""
+    """The output shape (without the batch axis) of every layer, in Keras's (H, W, C) form.
+
+    Also refuses, naming the layer, a model over MAX_PARAMS parameters or a layer output over MAX_VALUES
+    values per image: checked here, from the shapes alone, before any tensor is allocated."""
     shape = tuple(spec.input_shape)
     shapes = []
+    params = 0
     for i, layer in enumerate(spec.layers):
         where = f"{source}: layer {i} ({layer.type})"
         a = layer.args
@@ -189,16 +216,23 @@ def infer_shapes(spec: ModelSpec, source: str = "spec") -> list[tuple[int, ...]]
             kernel = a["kernel_size"] if layer.type == "Conv2D" else a["pool_size"]
             strides = a["strides"] or (kernel if layer.type != "Conv2D" else [1, 1])
             h, w = (_conv_out(shape[d], kernel[d], strides[d], a["padding"]) for d in (0, 1))
-            if h <= 0 or w <= 0:
+            if kernel[0] > shape[0] or kernel[1] > shape[1]:  # 'same' too: such a kernel would mostly see padding
                 raise MnistCnnError(f"{where}: kernel {kernel[0]}x{kernel[1]} is larger than its input "
                                     f"{shape[0]}x{shape[1]}")
+            if layer.type == "Conv2D":
+                params += kernel[0] * kernel[1] * shape[2] * a["filters"] + (a["filters"] if a["use_bias"] else 0)
             shape = (h, w, a["filters"] if layer.type == "Conv2D" else shape[2])
         elif layer.type == "GlobalAveragePooling2D":
             shape = (shape[2],)
         elif layer.type == "Dense":
             if len(shape) != 1:
                 raise MnistCnnError(f"{where}: needs a flat input, got shape {shape}; add a Flatten first")
+            params += shape[0] * a["units"] + (a["units"] if a["use_bias"] else 0)
             shape = (a["units"],)
+        elif layer.type == "BatchNormalization":
+            if len(shape) not in (1, 3):
+                raise MnistCnnError(f"{where}: needs a flat (features) or image (H, W, C) input, got shape {shape}")
+            params += 4 * shape[-1]  # gamma, beta, moving mean, moving variance
         elif layer.type == "Flatten":
             shape = (math.prod(shape),)
         elif layer.type == "Reshape":
@@ -207,6 +241,12 @@ def infer_shapes(spec: ModelSpec, source: str = "spec") -> list[tuple[int, ...]]
                 raise MnistCnnError(f"{where}: cannot reshape {shape} ({math.prod(shape)} values) "
                                     f"to {target} ({math.prod(target)} values)")
             shape = target
+        if params > MAX_PARAMS:
+            raise MnistCnnError(f"{where}: the model would have {params:,} parameters up to this layer, more than "
+                                f"the limit of {MAX_PARAMS:,}")
+        if math.prod(shape) > MAX_VALUES:
+            raise MnistCnnError(f"{where}: output shape {shape} holds {math.prod(shape):,} values per image, more "
+                                f"than the limit of {MAX_VALUES:,}")
         shapes.append(shape)
     if len(shapes[-1]) != 1:
         raise MnistCnnError(f"{source}: the last layer must give a flat vector of class scores, got shape {shapes[-1]}")

@@ -125,6 +125,7 @@ def validate(c: TrainConfig) -> None:
         value = getattr(c, name)
         need(value is None or (isinstance(value, int) and value >= 1),
              f"--{name.replace('_', '-')} must be a positive integer", value)
+    need(c.threads is None or c.threads <= 1024, "--threads must be at most 1024", c.threads)
     if (c.early_stopping or c.restore_best) and not (c.validation_split or c.val_size):
         raise MnistCnnError("--early-stopping and --restore-best need a validation set: "
                             "add --validation-split or --val-size")
@@ -137,7 +138,13 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MnistCnnError(f"--device {name}: no CUDA device is available here")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MnistCnnError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise MnistCnnError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _use_bf16(precision: str, device: torch.device) -> bool:

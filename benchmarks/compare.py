@@ -43,13 +43,14 @@ def run_ours(model: str, epochs: int, precision: str, extra: list[str]) -> dict:
             "test_acc": result["test_accuracy"] * 100}
 
 
-def run_peer(name: str, model: str, epochs: int) -> dict:
+def run_peer(name: str, model: str, epochs: int, extra: list[str]) -> dict:
     env, python, script = PEER_COMMANDS[name]
     if not python.exists():
         raise SystemExit(f"peer {name} is not set up: run `bash benchmarks/peers/setup.sh {name}`")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "peer.json"
-        subprocess.run([str(python), str(script), "--model", model, "--epochs", str(epochs), "--json-out", str(out)],
+        subprocess.run([str(python), str(script), "--model", model, "--epochs", str(epochs), "--json-out", str(out),
+                        *extra],
                        env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
         result = json.loads(out.read_text())
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
@@ -63,22 +64,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--peers", nargs="*", default=list(PEER_COMMANDS), choices=list(PEER_COMMANDS))
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--threads", type=int, help="threads for every tool (default: each tool's own, all cores)")
     args = parser.parse_args()
+    extra = ["--threads", str(args.threads)] if args.threads else []
     rows = []
     for precision in args.precision:
-        rows.append(run_ours(args.model, args.epochs, precision, []))
+        rows.append(run_ours(args.model, args.epochs, precision, extra))
         print(f"ours {precision}: {rows[-1]['seconds']}", flush=True)
     for name in args.peers:
-        rows.append(run_peer(name, args.model, args.epochs))
+        rows.append(run_peer(name, args.model, args.epochs, extra))
         print(f"{name}: {rows[-1]['seconds']}", flush=True)
     reference = steady_median(rows[0]["seconds"])
     for r in rows:
         r["s/epoch"] = steady_median(r["seconds"])
         r["images/s"] = 60_000 / r["s/epoch"]
         r["x ours"] = r["s/epoch"] / reference
-    print(f"\n{args.model}, {args.epochs} epochs, 60,000 training images, batch 64, on {os.cpu_count()} cores")
+    cores = f"{args.threads} thread(s) each" if args.threads else f"all {os.cpu_count()} cores"
+    print(f"\n{args.model}, {args.epochs} epochs, 60,000 training images, batch 64, {cores}")
     print(table(rows, ["tool", "versions", "s/epoch", "images/s", "test_acc", "x ours"]))
-    print("wrote", write_results(f"compare-{args.model}", {"argv": sys.argv[1:], "rows": rows}))
+    name = f"compare-{args.model}" + (f"-{args.threads}t" if args.threads else "")
+    print("wrote", write_results(name, {"argv": sys.argv[1:], "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Two processes, each taking half of every global batch, must end where one process with the same global
 batch ends. keras-basic has no batch norm or dropout, so the only difference is the order of float sums
-(DDP averages the two half-batch gradients): we allow 1e-4 on the weights after 10 steps.
+(DDP averages the two half-batch gradients): in fp32 we allow 1e-4 on the weights after 10 steps. (With bf16
+autocast the half-batch rounding differs, and rmsprop amplifies it to about 1e-2 after 10 steps.)
 """
 
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from mnist_cnn.runs import load_tensors
 
 ARGS = ["--epochs", "1", "--batch-size", "64", "--limit-train", "640", "--limit-test", "100", "--seed", "5",
-        "--threads", "1"]
+        "--threads", "1", "--precision", "fp32"]
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):

@@ -155,7 +155,6 @@ def main(argv=None) -> int:
         import jax
         import jaxlib
         versions["jaxlib"] = jaxlib.__version__
-        versions["jax_devices"] = [str(d) for d in jax.devices()]
 
     keras.utils.set_random_seed(args.seed)
 

@@ -18,7 +18,7 @@ from mnist_cnn.runs import checkpoint_paths, latest_checkpoint, load_tensors
 
 SPEC = str(Path(__file__).parents[1] / "examples" / "small-bn.toml")
 # batch norm, dropout, augmentation, EMA and a schedule: every kind of state a resume must restore
-ARGS = ["--model", SPEC, "--optimizer", "adam", "--epochs", "3", "--batch-size", "32", "--limit-train", "1200",
+ARGS = ["--model", SPEC, "--optimizer", "adam", "--epochs", "3", "--batch-size", "32", "--limit-train", "2000",
         "--limit-test", "200", "--validation-split", "0.1", "--rotation", "10", "--shift", "0.1",
         "--ema", "0.9", "--schedule", "cosine", "--seed", "7", "--threads", "1", "--checkpoint-every", "5"]
 
@@ -35,11 +35,14 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     full = cli(*ARGS, "--out", str(tmp_path / "full"))
     victim = cli(*ARGS, "--out", str(tmp_path / "victim"))
-    # wait for a first checkpoint, then kill at a random moment of the run
+    # kill at a random step of the run: once a checkpoint at or past that step exists (171 steps in all)
+    target = random.randint(10, 120)
     deadline = time.time() + 120
-    while not checkpoint_paths(tmp_path / "victim") and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 1.5))
+    while time.time() < deadline:
+        steps = [int(p.stem.split("-")[1]) for p in checkpoint_paths(tmp_path / "victim")]
+        if steps and max(steps) >= target:
+            break
+        time.sleep(0.005)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert full.wait(timeout=300) == 0, full.stderr.read()

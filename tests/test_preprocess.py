@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from images import png_bomb as png_header_only
 from PIL import Image, ImageDraw
 
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.predict import format_predictions, predict_arrays, predict_files
-from mnist_cnn.preprocess import ImageError, center_of_mass, load_image, preprocess_array
+from mnist_cnn.preprocess import (
+    ImageError,
+    center_of_mass,
+    load_image,
+    preprocess_array,
+)
 
 
 def seven(mode: str = "L", ink=20, paper=235, size=(300, 200)) -> Image.Image:
@@ -126,15 +130,6 @@ def test_any_blob_lands_centred_in_the_box(h, w, data):
     assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
     rows, cols = np.flatnonzero(a.any(1)), np.flatnonzero(a.any(0))
     assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 22  # 20 px plus Lanczos' faint fringe
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares huge dimensions (a decompression bomb's header) and holds almost no data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("data, code", [

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import socket
-import struct
 import time
 import warnings
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -20,17 +17,14 @@ from PIL import Image, ImageDraw
 pytest.importorskip("fastapi", reason="the service needs the 'serve' extra: pip install 'mnist-cnn[serve]'")
 pytest.importorskip("python_multipart", reason="uploads need python-multipart (the 'serve' extra)")
 
-from mnist_cnn.serve import MAX_IMAGES, create_app  # noqa: E402
+from images import encode as png
+from images import png_bomb as bomb_header
+
+from mnist_cnn.serve import MAX_IMAGES, create_app
 
 with warnings.catch_warnings():  # starlette 1.x suggests httpx2 for its TestClient; httpx works
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
-
-
-def png(im: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def one(dark_on_light: bool = True) -> bytes:
@@ -39,15 +33,6 @@ def one(dark_on_light: bool = True) -> bytes:
     im = Image.new("L", (300, 200), paper)
     ImageDraw.Draw(im).line([(150, 30), (146, 170)], fill=ink, width=14)
     return png(im)
-
-
-def bomb_header(width: int = 60_000, height: int = 60_000) -> bytes:
-    """A PNG declaring 3.6 Gpx with almost no data: must be refused from its header."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")

@@ -238,11 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
     p.add_argument("--monitor", choices=["val_loss", "val_accuracy"])
     p.add_argument("--restore-best", action="store_true", help="end with the best weights on --monitor")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bfloat16 autocast where the hardware supports it")
+    _add_compute_options(p)
     p.add_argument("--no-channels-last", action="store_true", help="keep PyTorch's default NCHW layout")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last good checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -277,10 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int)
     p.add_argument("--val-size", type=int, help="the last N training images validate the trained members")
     p.add_argument("--limit-test", type=int)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bfloat16 autocast where the hardware supports it")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device")
+    _add_compute_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     p = sub.add_parser("experiment", help="train a grid of variants over several seeds; mean and std per cell")
@@ -291,10 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int)
     p.add_argument("--limit-test", type=int)
     p.add_argument("--data")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bfloat16 autocast where the hardware supports it")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device")
+    _add_compute_options(p)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p = sub.add_parser("predict", help="predict the digit in your own image files (PNG, JPEG, GIF, BMP, ...)")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -313,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     return parser
+
+
+def _add_compute_options(p: argparse.ArgumentParser) -> None:
+    """Where and how training runs: shared by train, ensemble and experiment."""
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bfloat16 autocast where the hardware supports it")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:

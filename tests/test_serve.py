@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -151,20 +149,3 @@ def test_concurrent_requests_on_a_real_server(usage_run, usage_start_server):
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(call, range(32))) == [1] * 32
-
-
-def test_a_stalled_body_is_cut_off_not_waited_on(usage_run, usage_start_server):
-    url = usage_start_server(create_app(usage_run, body_timeout_s=0.5))
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                  b"Content-Length: 1000\r\n\r\n" + b"\0" * 10)  # promises 1000 bytes, sends 10
-        start = time.monotonic()
-        reply = b""
-        while b"body_timeout" not in reply:  # headers and body may arrive in separate packets
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-    assert reply.startswith(b"HTTP/1.1 408") and b"body_timeout" in reply
-    assert time.monotonic() - start < 5

@@ -69,13 +69,13 @@ def deotte(filters: int = 32, dropout: float = 0.4) -> list[dict[str, Any]]:
 
 
 def fast_cnn() -> list[dict[str, Any]]:
-    """A small net that learns MNIST in two epochs: batch norm with momentum 0.9, because Keras's 0.99 leaves
-    the moving statistics behind fast-changing weights in short runs (eval accuracy 92% vs 98% in train mode)."""
-    def conv_bn(filters: int) -> list[dict[str, Any]]:
-        return [_conv(filters, 5), {"type": "BatchNormalization", "momentum": 0.9},
-                {"type": "Activation", "activation": "relu"}, {"type": "MaxPooling2D"}]
-
-    return [*conv_bn(16), *conv_bn(32), {"type": "Flatten"}, _classifier()]
+    """A small net that learns MNIST in two epochs, shaped for CPU time (measured in benchmarks/fast.py):
+    a stride-2 first conv instead of conv + pool at full resolution, batch norm after the pool (as airbench
+    does) so it normalises 4x fewer values, and momentum 0.9, because Keras's 0.99 leaves the moving
+    statistics behind fast-changing weights in short runs (eval accuracy 92% vs 98% in train mode)."""
+    bn, relu = {"type": "BatchNormalization", "momentum": 0.9}, {"type": "Activation", "activation": "relu"}
+    return [_conv(16, 5, strides=2, padding="same"), bn, relu,
+            _conv(32, 5), {"type": "MaxPooling2D"}, bn, relu, {"type": "Flatten"}, _classifier()]
 
 
 def mlp() -> list[dict[str, Any]]:
@@ -110,9 +110,9 @@ MODELS: dict[str, ZooEntry] = {
                        "99.64% (mean of 100 single CNNs)",
                        "Deotte's Kaggle CNN: 6 conv with batch norm (two 5x5 stride-2), 4x4 conv head, dropout 0.4",
                        options={"filters": int, "dropout": float}),
-    "fast-cnn": ZooEntry(fast_cnn, {"optimizer": "adam", "lr": 1e-2, "batch_size": 128, "epochs": 2,
+    "fast-cnn": ZooEntry(fast_cnn, {"optimizer": "adam", "lr": 2e-2, "batch_size": 256, "epochs": 2,
                                     "schedule": "onecycle", "label_smoothing": 0.1},
-                         "(ours)", "16-32 5x5 conv with batch norm, for the `fast` recipe (99% in two epochs)"),
+                         "(ours)", "16 5x5/2 + 32 5x5 conv with batch norm, for the `fast` recipe (99% in two epochs)"),
     "mlp": ZooEntry(mlp, {"optimizer": "rmsprop", "batch_size": 128, "epochs": 5}, "~92% (quoted)",
                     "the dense baseline: flatten + dense 512"),
 }

@@ -315,9 +315,9 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
                 optimizer.step()
                 if ema:
                     ema.update(model)
-                with torch.no_grad():  # accumulate on the device: no host sync per step
-                    sums += torch.stack([loss.detach().double() * len(yb), (logits.argmax(1) == yb).sum().double(),
-                                         torch.tensor(len(yb), dtype=torch.float64, device=device)])
+                with torch.no_grad():  # accumulate on the device: no host sync and no host-to-device copy per step
+                    sums[:2] += torch.stack([loss.detach().double() * len(yb), (logits.argmax(1) == yb).sum().double()])
+                    sums[2] += len(yb)
                 step += 1
                 if show_bar and (i % 20 == 0 or i == steps_per_epoch - 1):
                     _progress(i + 1, steps_per_epoch, t0, sums[0] / sums[2], sums[1] / sums[2])

@@ -2,6 +2,7 @@
 
     python benchmarks/speed_ladder.py              # all cores
     python benchmarks/speed_ladder.py --threads 1
+    python benchmarks/speed_ladder.py --batch-sizes 16 32 64   # the default setting only: fixed + per-image cost
 
 Steps are timed on real MNIST batches sliced from in-memory tensors, median of 5 repeats of 100 steps.
 torch.compile is measured last, with its compile time reported separately.
@@ -31,7 +32,7 @@ def plain_head(model):
     return model
 
 
-def measure(x, y, *, channels_last, bf16, pool_first, optimizer, compile_=False, steps=100, repeats=5):
+def measure(x, y, *, channels_last, bf16, pool_first, optimizer, compile_=False, batch=64, steps=100, repeats=5):
     torch.manual_seed(0)
     model = build_model(get_spec("keras-basic"))
     if not pool_first:
@@ -44,7 +45,8 @@ def measure(x, y, *, channels_last, bf16, pool_first, optimizer, compile_=False,
     forward = torch.compile(model) if compile_ else model
 
     def step(i):
-        xb, yb = x[i * 64:(i + 1) * 64], y[i * 64:(i + 1) * 64]
+        i %= len(x) // batch
+        xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = forward(xb)
         loss = F.cross_entropy(logits.float(), yb)
@@ -69,11 +71,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="time the default setting at these batch sizes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_mnist()
     x, y = to_float(data.x_train[:6400]), data.y_train[:6400]
+    if args.batch_sizes:
+        return step_cost(x, y, args.batch_sizes)
     ladder = [
         ("PyTorch defaults (NCHW, fp32, torch RMSprop)", dict(channels_last=False, bf16=False, pool_first=False,
                                                             optimizer="torch")),
@@ -98,6 +103,21 @@ def main() -> None:
     print(f"\nkeras-basic, batch 64, {torch.get_num_threads()} threads")
     print(table(rows, ["step", "ms/step", "images/s", "speed-up", "warm-up s"]))
     print("wrote", write_results(f"speed-ladder-{torch.get_num_threads()}t", {"argv": sys.argv[1:], "rows": rows}))
+
+
+def step_cost(x, y, batch_sizes: list[int]) -> None:
+    """How a step's time splits into a fixed part (dispatch, autograd, threads) and a part per image."""
+    rows = []
+    for batch in batch_sizes:
+        ms, _ = measure(x, y, channels_last=True, bf16=True, pool_first=True, optimizer="keras-foreach", batch=batch)
+        rows.append({"batch": batch, "ms/step": ms, "us/image": ms / batch * 1e3})
+        print(table(rows[-1:], list(rows[-1])), flush=True)
+    fit = statistics.linear_regression([r["batch"] for r in rows], [r["ms/step"] for r in rows])
+    print(f"\nkeras-basic, default setting, {torch.get_num_threads()} threads")
+    print(table(rows, ["batch", "ms/step", "us/image"]))
+    print(f"least-squares fit: {fit.intercept:.2f} ms per step + {fit.slope * 1e3:.1f} us per image")
+    print("wrote", write_results(f"step-cost-{torch.get_num_threads()}t", {
+        "argv": sys.argv[1:], "rows": rows, "fixed_ms": fit.intercept, "us_per_image": fit.slope * 1e3}))
 
 
 if __name__ == "__main__":

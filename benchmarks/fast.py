@@ -5,6 +5,7 @@
 
 Per seed: training seconds (sum of the epochs), the whole command's wall time (start-up, data loading,
 test evaluation and writing the run included), peak resident memory of the process, test accuracy.
+Then inference: images/s of batched prediction (best of 3) and single-image latency (p50 of 200).
 """
 
 from __future__ import annotations
@@ -38,32 +39,42 @@ def train_once(args: list[str]) -> dict:
             "command_s": wall, "peak_mb": usage.ru_maxrss / 1024, "test_acc": result["test_accuracy"] * 100}
 
 
-def inference_speed() -> dict:
+def inference_speed() -> list[dict]:
+    """Batched prediction on the 10,000 test images (fp32), in the model's default layout (channels-last)
+    and in NCHW, at the default batch (128 on CPU) and at 1,000; then one image at a time."""
     import torch
 
     from mnist_cnn import get_spec, load_mnist, predict_logits
     from mnist_cnn.models import build_model
 
     x = load_mnist().x_test
-    out = {}
-    for name in ("keras-basic", "fast-cnn"):
-        model = build_model(get_spec(name)).eval()
-        predict_logits(model, x[:1000])
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            predict_logits(model, x, batch_size=1000)
-            times.append(time.perf_counter() - t0)
-        single = []
-        one = x[:1].float().div(255).unsqueeze(1)
-        with torch.inference_mode():
-            for i in range(200):
-                t0 = time.perf_counter()
-                model(one)
-                single.append(time.perf_counter() - t0)
-        out[name] = {"batched_images_per_s": len(x) / statistics.median(times),
-                     "single_image_ms_p50": statistics.median(single) * 1e3}
-    return out
+    rows = []
+    for name in ("keras-basic", "keras-bn", "fast-cnn"):
+        for layout in ("channels-last", "nchw"):
+            model = build_model(get_spec(name)).eval()
+            if layout == "nchw":
+                model = model.to(memory_format=torch.contiguous_format)
+                model.memory_format = torch.contiguous_format
+            for batch in (128, 1000):
+                predict_logits(model, x[:1000], batch_size=batch)
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    predict_logits(model, x, batch_size=batch)
+                    times.append(time.perf_counter() - t0)
+                row = {"model": name, "layout": layout, "batch": batch, "images_per_s": len(x) / min(times)}
+                if layout == "channels-last" and batch == 128:
+                    one = x[:1].float().div(255).unsqueeze(1).contiguous(memory_format=model.memory_format)
+                    single = []
+                    with torch.inference_mode():
+                        for _ in range(200):
+                            t0 = time.perf_counter()
+                            model(one)
+                            single.append(time.perf_counter() - t0)
+                    row["single_image_ms_p50"] = statistics.median(single) * 1e3
+                rows.append(row)
+                print(table(rows[-1:], list(rows[-1])), flush=True)
+    return rows
 
 
 def main() -> None:
@@ -84,9 +95,8 @@ def main() -> None:
     print(f"fast: mean test accuracy {summary['mean_test_acc']:.2f}% over {len(args.seeds)} seeds, "
           f"median {summary['median_train_s']:.2f} s training, {summary['median_command_s']:.2f} s whole command")
     inference = inference_speed()
-    for name, r in inference.items():
-        print(f"inference {name}: {r['batched_images_per_s']:,.0f} images/s batched (1000), "
-              f"{r['single_image_ms_p50']:.2f} ms single image (p50)")
+    print()
+    print(table(inference, ["model", "layout", "batch", "images_per_s", "single_image_ms_p50"]))
     print("wrote", write_results("fast", {"argv": sys.argv[1:], "rows": rows, "summary": summary,
                                           "inference": inference}))
 

@@ -27,7 +27,7 @@ from .augment import Augment, random_affine
 from .data import MnistData, load_mnist, split_validation, to_float
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, loss_and_accuracy, predict_logits
-from .models import build_model
+from .models import build_model, default_memory_format
 from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, learning_rate, make_optimizer
 from .runs import Run, latest_checkpoint, load_weights, read_json, save_checkpoint, save_weights, write_history
 from .zoo import RECIPES, get_spec, recipe_for
@@ -372,9 +372,9 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
             f"run saved in {out}")
     if world > 1:
         torch.distributed.barrier()
-    # hand back the model as `load_run` would build it (CPU, default layout): same predictions, bit for bit
-    final = final.cpu().to(memory_format=torch.contiguous_format).eval()
-    final.memory_format = torch.contiguous_format
+    # hand back the model as `load_run` would build it (CPU, its default layout): same predictions, bit for bit
+    final.memory_format = default_memory_format(spec)
+    final = final.cpu().to(memory_format=final.memory_format).eval()
     return Run(out, final, config.to_dict(), history, metrics)
 
 

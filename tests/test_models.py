@@ -80,3 +80,19 @@ def test_keras_initialisers():
     assert torch.all(conv.bias == 0)
     bn = build_model(get_spec("keras-bn")).layers[1]
     assert bn.eps == 1e-3 and abs(bn.momentum - 0.01) < 1e-9  # Keras momentum 0.99, epsilon 1e-3
+
+
+def test_conv_models_are_channels_last_and_predict_the_same_in_any_layout_or_batch(mnist):
+    from mnist_cnn import predict_logits
+
+    torch.manual_seed(0)
+    model = build_model(get_spec("keras-basic")).eval()
+    assert model.memory_format == torch.channels_last
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+    assert build_model(get_spec("mlp")).memory_format == torch.contiguous_format
+    x = mnist.x_test[:300]
+    logits = predict_logits(model, x)
+    assert torch.allclose(predict_logits(model, x, batch_size=7), logits, atol=1e-5)
+    nchw = model.to(memory_format=torch.contiguous_format)
+    nchw.memory_format = torch.contiguous_format
+    assert torch.allclose(predict_logits(nchw, x), logits, atol=1e-5)

@@ -112,12 +112,14 @@ def step_cost(x, y, batch_sizes: list[int]) -> None:
         ms, _ = measure(x, y, channels_last=True, bf16=True, pool_first=True, optimizer="keras-foreach", batch=batch)
         rows.append({"batch": batch, "ms/step": ms, "us/image": ms / batch * 1e3})
         print(table(rows[-1:], list(rows[-1])), flush=True)
-    fit = statistics.linear_regression([r["batch"] for r in rows], [r["ms/step"] for r in rows])
     print(f"\nkeras-basic, default setting, {torch.get_num_threads()} threads")
     print(table(rows, ["batch", "ms/step", "us/image"]))
-    print(f"least-squares fit: {fit.intercept:.2f} ms per step + {fit.slope * 1e3:.1f} us per image")
-    print("wrote", write_results(f"step-cost-{torch.get_num_threads()}t", {
-        "argv": sys.argv[1:], "rows": rows, "fixed_ms": fit.intercept, "us_per_image": fit.slope * 1e3}))
+    result = {"argv": sys.argv[1:], "rows": rows}
+    if len({r["batch"] for r in rows}) > 1:
+        fit = statistics.linear_regression([r["batch"] for r in rows], [r["ms/step"] for r in rows])
+        print(f"least-squares fit: {fit.intercept:.2f} ms per step + {fit.slope * 1e3:.1f} us per image")
+        result.update(fixed_ms=fit.intercept, us_per_image=fit.slope * 1e3)
+    print("wrote", write_results(f"step-cost-{torch.get_num_threads()}t", result))
 
 
 if __name__ == "__main__":

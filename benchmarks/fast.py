@@ -44,7 +44,7 @@ def inference_speed() -> list[dict]:
     and in NCHW, at the default batch (128 on CPU) and at 1,000; then one image at a time."""
     import torch
 
-    from mnist_cnn import get_spec, load_mnist, predict_logits
+    from mnist_cnn import get_spec, load_mnist, predict_logits, to_float
     from mnist_cnn.models import build_model
 
     x = load_mnist().x_test
@@ -64,7 +64,7 @@ def inference_speed() -> list[dict]:
                     times.append(time.perf_counter() - t0)
                 row = {"model": name, "layout": layout, "batch": batch, "images_per_s": len(x) / min(times)}
                 if layout == "channels-last" and batch == 128:
-                    one = x[:1].float().div(255).unsqueeze(1).contiguous(memory_format=model.memory_format)
+                    one = to_float(x[:1]).contiguous(memory_format=model.memory_format)
                     single = []
                     with torch.inference_mode():
                         for _ in range(200):

@@ -3,6 +3,7 @@
     python benchmarks/speed_ladder.py              # all cores
     python benchmarks/speed_ladder.py --threads 1
     python benchmarks/speed_ladder.py --batch-sizes 16 32 64   # the default setting only: fixed + per-image cost
+    python benchmarks/speed_ladder.py --optimizer-steps        # Adam's step alone: plain loop, foreach, fused
 
 Steps are timed on real MNIST batches sliced from in-memory tensors, median of 5 repeats of 100 steps.
 torch.compile is measured last, with its compile time reported separately.
@@ -72,11 +73,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="time the default setting at these batch sizes")
+    parser.add_argument("--optimizer-steps", action="store_true", help="time Adam's step alone, three ways")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_mnist()
     x, y = to_float(data.x_train[:6400]), data.y_train[:6400]
+    if args.optimizer_steps:
+        return optimizer_steps()
     if args.batch_sizes:
         return step_cost(x, y, args.batch_sizes)
     ladder = [
@@ -103,6 +107,28 @@ def main() -> None:
     print(f"\nkeras-basic, batch 64, {torch.get_num_threads()} threads")
     print(table(rows, ["step", "ms/step", "images/s", "speed-up", "warm-up s"]))
     print("wrote", write_results(f"speed-ladder-{torch.get_num_threads()}t", {"argv": sys.argv[1:], "rows": rows}))
+
+
+def optimizer_steps(steps: int = 200, repeats: int = 5) -> None:
+    """Microseconds per Adam step on each model's parameters (random gradients): best of `repeats` x `steps`."""
+    rows = []
+    for name in ("fast-cnn", "keras-basic"):
+        model = build_model(get_spec(name))
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        for kind in ("plain", "foreach", "fused"):
+            options = {"plain": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[kind]
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7, **options)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    opt.step()
+                times.append((time.perf_counter() - t0) / steps)
+            rows.append({"model": name, "adam": kind, "us/step": min(times) * 1e6})
+    print(f"Adam step alone, {torch.get_num_threads()} threads")
+    print(table(rows, ["model", "adam", "us/step"]))
+    print("wrote", write_results(f"adam-step-{torch.get_num_threads()}t", {"argv": sys.argv[1:], "rows": rows}))
 
 
 def step_cost(x, y, batch_sizes: list[int]) -> None:

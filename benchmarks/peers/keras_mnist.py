@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ s
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
-from mnist_idx import default_data_dir, load_mnist, summarise_epochs, write_json  # noqa: E402
+from mnist_idx import default_data_dir, load_mnist, report, summarise_epochs  # noqa: E402
 
 EXPECTED_PARAMS = {"keras-basic": 93_322, "keras-bn": 597_738}
 DEFAULT_BATCH = {"keras-basic": 64, "keras-bn": 64}
@@ -233,10 +233,7 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(),
         "data": str(data_dir),
     }
-    if args.json_out:
-        write_json(args.json_out, result)
-    import json
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+    report(result, args.json_out)
     return 0
 
 

@@ -96,6 +96,13 @@ def write_json(path: str | os.PathLike, obj) -> None:
         raise
 
 
+def report(result: dict, json_out: str | os.PathLike | None) -> None:
+    """The whole result to --json-out (when given), one summary line without the history to stdout."""
+    if json_out:
+        write_json(json_out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+
+
 def summarise_epochs(seconds: list[float], n_train: int) -> dict:
     """images/s over the steady-state epochs: all but the first (which includes tracing/compilation)
     when there are >= 2 epochs, else the single epoch."""

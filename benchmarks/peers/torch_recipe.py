@@ -32,7 +32,6 @@ No import of the mnist_cnn package; data is read from the MNIST IDX files by mni
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -47,7 +46,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from mnist_idx import default_data_dir, load_mnist, summarise_epochs, write_json  # noqa: E402
+from mnist_idx import default_data_dir, load_mnist, report, summarise_epochs  # noqa: E402
 
 EXPECTED_PARAMS = {"keras-basic": 93_322, "keras-bn": 597_738}
 MEAN, STD = 0.1307, 0.3081  # pytorch/examples mnist Normalize
@@ -231,9 +230,7 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(),
         "data": str(data_dir),
     }
-    if args.json_out:
-        write_json(args.json_out, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+    report(result, args.json_out)
     return 0
 
 

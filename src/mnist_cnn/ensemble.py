@@ -31,7 +31,7 @@ from .data import MnistData, load_mnist, split_validation
 from .errors import MnistCnnError
 from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
-from .runs import Run, load_run, load_tensors, read_json, save_tensors
+from .runs import Run, fill_weights, load_run, load_tensors, read_json, save_tensors
 from .spec import parse_spec
 
 ENSEMBLE_FILE = "ensemble.safetensors"
@@ -157,11 +157,7 @@ def load_ensemble_model(path: str | os.PathLike) -> EnsembleModel:
                             f"open it with load_run)")
     members = [build_model(parse_spec(m["spec"], f"{file} member {i}")) for i, m in enumerate(desc["members"])]
     model = EnsembleModel(members, desc.get("shifts"), [m.get("source", "") for m in desc["members"]])
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise MnistCnnError(f"{file}: weights do not fit the member specs ({str(e).splitlines()[0]})") from None
-    return model.eval()
+    return fill_weights(model, tensors, f"{file}: weights do not fit the member specs")
 
 
 @dataclass

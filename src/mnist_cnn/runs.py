@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -28,6 +28,8 @@ from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .errors import MnistCnnError
 from .models import SpecModel, build_model, count_params
 from .spec import ModelSpec, parse_spec
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 FORMAT = "mnist-cnn/1"
 #: Files named like PyTorch/pickle/Keras weights, or starting like a pickle or torch.save's zip, are refused unless
@@ -92,10 +94,15 @@ def load_weights(path: str | os.PathLike) -> SpecModel:
     if "spec" not in meta:
         raise MnistCnnError(f"{path} holds no model spec in its metadata (is it a checkpoint or an ensemble?)")
     model = build_model(parse_spec(meta["spec"], str(path)))
+    return fill_weights(model, tensors, f"{path}: weights do not fit its spec")
+
+
+def fill_weights(model: M, tensors: dict[str, torch.Tensor], mismatch: str) -> M:
+    """Load tensors into model (eval mode); a mismatch is one line: `mismatch` and torch's first line."""
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
-        raise MnistCnnError(f"{path}: weights do not fit its spec ({str(e).splitlines()[0]})") from None
+        raise MnistCnnError(f"{mismatch} ({str(e).splitlines()[0]})") from None
     return model.eval()
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mnist_cnn.errors import MnistCnnError
@@ -138,6 +138,8 @@ def test_arbitrary_nested_data_is_a_spec_or_a_mnist_cnn_error(obj):
 
 @FUZZ
 @given(obj=plausible_spec())
+@example(obj={"layers": [{"type": "AveragePooling2D", "pool_size": 1, "strides": 2**31}, {"type": "Flatten"},
+                         {"type": "Dense", "units": 10}]})  # once overflowed torch's int32 inside avg_pool2d
 def test_plausible_layers_with_wild_values_build_or_are_refused(obj):
     check_spec_or_refusal(lambda: parse_spec(obj, "fuzz.toml"))
 

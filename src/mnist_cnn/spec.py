@@ -50,6 +50,7 @@ LAYER_FIELDS: dict[str, dict[str, Any]] = {
 #: Refused before anything is allocated, naming the layer: a spec asking for more is a typo, not a model.
 MAX_PARAMS = 100_000_000  # parameters in the whole model (Keras's count, BatchNorm statistics included)
 MAX_VALUES = 10_000_000  # values in one layer's output, per image (the zoo's largest: 25,088)
+MAX_WINDOW = 10_000  # kernel, pool and stride sizes: torch's int32 arithmetic overflows at 2**31
 #: The model input is one 28x28 grayscale digit: as an image (H, W, C) or flat (784 values).
 INPUT_SHAPES = ((28, 28, 1), (784,))
 ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D", "AveragePool2D": "AveragePooling2D",
@@ -99,9 +100,9 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 60, 60
 
 def _pair(value: Any, where: str, name: str) -> tuple[int, int]:
     items = value if isinstance(value, (list, tuple)) else [value, value]
-    if len(items) != 2 or not all(_is_int(v) and v > 0 for v in items):
-        raise MnistCnnError(f"{where}: field '{name}' must be a positive integer or a pair of them, "
-                            f"got {_show(value)}")
+    if len(items) != 2 or not all(_is_int(v) and 0 < v <= MAX_WINDOW for v in items):
+        raise MnistCnnError(f"{where}: field '{name}' must be a positive integer up to {MAX_WINDOW:,} or a pair "
+                            f"of them, got {_show(value)}")
     return int(items[0]), int(items[1])
 
 

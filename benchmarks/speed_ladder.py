@@ -4,6 +4,7 @@
     python benchmarks/speed_ladder.py --threads 1
     python benchmarks/speed_ladder.py --batch-sizes 16 32 64   # the default setting only: fixed + per-image cost
     python benchmarks/speed_ladder.py --optimizer-steps        # Adam's step alone: plain loop, foreach, fused
+    python benchmarks/speed_ladder.py --data-ops               # augmentation, dropout and seeding, old and new ways
 
 Steps are timed on real MNIST batches sliced from in-memory tensors, median of 5 repeats of 100 steps.
 torch.compile is measured last, with its compile time reported separately.
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="time the default setting at these batch sizes")
     parser.add_argument("--optimizer-steps", action="store_true", help="time Adam's step alone, three ways")
+    parser.add_argument("--data-ops", action="store_true", help="time the per-batch work around the model, two ways")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,6 +83,8 @@ def main() -> None:
     x, y = to_float(data.x_train[:6400]), data.y_train[:6400]
     if args.optimizer_steps:
         return optimizer_steps()
+    if args.data_ops:
+        return data_ops(x)
     if args.batch_sizes:
         return step_cost(x, y, args.batch_sizes)
     ladder = [
@@ -129,6 +133,53 @@ def optimizer_steps(steps: int = 200, repeats: int = 5) -> None:
     print(f"Adam step alone, {torch.get_num_threads()} threads")
     print(table(rows, ["model", "adam", "us/step"]))
     print("wrote", write_results(f"adam-step-{torch.get_num_threads()}t", {"argv": sys.argv[1:], "rows": rows}))
+
+
+def _best_us(fn, calls: int = 200, repeats: int = 5) -> float:
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
+    return min(times) * 1e6
+
+
+def data_ops(x) -> None:
+    """Microseconds per batch for what the training loop does around the model, the way it was and the way it is."""
+    from mnist_cnn.augment import Augment, affine_grid, affine_matrices
+    from mnist_cnn.models import Dropout
+    from mnist_cnn.zoo import MODELS
+
+    aug = Augment(**MODELS["keras-bn"].recipe["augment"])
+    xb = x[:64].contiguous(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)
+    epoch_thetas = affine_matrices(len(x), aug, gen)
+    rows = [
+        {"op": "seed the step's dropout masks", "way": "torch.manual_seed",
+         "us": _best_us(lambda: torch.manual_seed(1))},
+        {"op": "seed the step's dropout masks", "way": "torch.default_generator.manual_seed",
+         "us": _best_us(lambda: torch.default_generator.manual_seed(1))},
+        {"op": "draw 64 transforms", "way": "affine_matrices per batch", "us": _best_us(lambda: affine_matrices(64, aug, gen))},
+        {"op": "draw 64 transforms", "way": "1/938 of one draw per epoch",
+         "us": _best_us(lambda: affine_matrices(60_000, aug, gen), calls=5) / 938},
+        {"op": "64 sampling grids", "way": "F.affine_grid",
+         "us": _best_us(lambda: F.affine_grid(epoch_thetas[:64], [64, 1, 28, 28], align_corners=False))},
+        {"op": "64 sampling grids", "way": "augment.affine_grid", "us": _best_us(lambda: affine_grid(epoch_thetas[:64], (28, 28)))},
+        {"op": "resample 64 images", "way": "augment.affine_grid + F.grid_sample",
+         "us": _best_us(lambda: F.grid_sample(xb, affine_grid(epoch_thetas[:64], (28, 28)), align_corners=False))},
+    ]
+    for shape, rate, where in (((64, 512), 0.2, "keras-bn"), ((500, 64, 10, 10), 0.25, "keras-dropout")):
+        h = torch.randn(*shape, dtype=torch.bfloat16, requires_grad=True)
+        grad = torch.randn_like(h)
+        for way, drop in (("nn.Dropout", torch.nn.Dropout(rate)), ("models.Dropout", Dropout(rate))):
+            rows.append({"op": f"dropout {rate} on {list(shape)} ({where}), fwd+bwd", "way": way,
+                         "us": _best_us(lambda: torch.autograd.grad(drop(h), h, grad), calls=20)})
+    print(f"per batch, bf16 activations, {torch.get_num_threads()} threads, best of 5 repeats")
+    print(table(rows, ["op", "way", "us"]))
+    print("wrote", write_results(f"data-ops-{torch.get_num_threads()}t", {"argv": sys.argv[1:], "rows": rows}))
 
 
 def step_cost(x, y, batch_sizes: list[int]) -> None:

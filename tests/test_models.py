@@ -96,3 +96,24 @@ def test_conv_models_are_channels_last_and_predict_the_same_in_any_layout_or_bat
     nchw = model.to(memory_format=torch.contiguous_format)
     nchw.memory_format = torch.contiguous_format
     assert torch.allclose(predict_logits(nchw, x), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_drops_its_rate_scales_the_rest_and_passes_gradients_through_the_mask(rate, dtype):
+    from mnist_cnn.models import Dropout
+
+    drop = Dropout(rate)
+    x = torch.ones(100_003, dtype=dtype, requires_grad=True)  # an odd size: the last 64-bit draw is only partly used
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    assert y.dtype == dtype and y.shape == x.shape
+    assert abs(kept.float().mean().item() - (1 - rate)) < 0.005  # 5 standard deviations is about 0.0063
+    assert torch.all(y[kept] == torch.tensor(1 / (1 - rate), dtype=dtype))  # inverted dropout, as Keras
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # gradient flows exactly where the mask kept
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # the mask comes from torch's generator: seeded runs repeat
+    assert not torch.equal(drop(x), y)  # and the stream advances
+    assert drop.eval()(x) is x

@@ -126,11 +126,24 @@ def _check_images(x: Tensor) -> None:
         raise MnistCnnError(f"augment: expected uint8 or float images, got {x.dtype}")
 
 
+def affine_grid(theta: Tensor, size: tuple[int, int]) -> Tensor:
+    """F.affine_grid(theta, [N, C, H, W], align_corners=False) as two broadcast products: 2-4x faster on the
+    CPU than its batched matmul with an inner dimension of 3 (benchmarks/speed_ladder.py --data-ops)."""
+    h, w = size
+
+    def centres(n: int) -> Tensor:  # pixel centres in [-1, 1]
+        return torch.arange(n, dtype=theta.dtype, device=theta.device).mul_(2 / n).add_(1 / n - 1)
+
+    along_x = theta[:, :, 0, None] * centres(w)  # [N, 2, W]
+    along_y = torch.addcmul(theta[:, :, 2, None], theta[:, :, 1, None], centres(h))  # [N, 2, H]
+    return (along_x[:, :, None, :] + along_y[:, :, :, None]).permute(0, 2, 3, 1)  # [N, H, W, 2], a view
+
+
 def apply_affine(x: Tensor, theta: Tensor, mode: str = "bilinear") -> Tensor:
     """Resample every image of x [N,C,H,W] with its own matrix theta [N,2,3]; outside = 0; dtype kept."""
     _check_images(x)
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()  # uint8/half: sample in float32
-    grid = F.affine_grid(theta.to(work.dtype), list(work.shape), align_corners=False)  # one grid per batch
+    grid = affine_grid(theta.to(work.dtype), (work.shape[-2], work.shape[-1]))
     out = F.grid_sample(work, grid, mode=mode, padding_mode="zeros", align_corners=False)  # fill 0 = MNIST bg
     if x.dtype == torch.uint8:
         return out.round_().clamp_(0, 255).to(torch.uint8)  # round, not floor, so identity-ish maps stay exact

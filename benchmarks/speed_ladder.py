@@ -167,7 +167,8 @@ def data_ops(x) -> None:
          "us": _best_us(lambda: affine_matrices(60_000, aug, gen), calls=5) / 938},
         {"op": "64 sampling grids", "way": "F.affine_grid",
          "us": _best_us(lambda: F.affine_grid(epoch_thetas[:64], [64, 1, 28, 28], align_corners=False))},
-        {"op": "64 sampling grids", "way": "augment.affine_grid", "us": _best_us(lambda: affine_grid(epoch_thetas[:64], (28, 28)))},
+        {"op": "64 sampling grids", "way": "augment.affine_grid",
+         "us": _best_us(lambda: affine_grid(epoch_thetas[:64], (28, 28)))},
         {"op": "resample 64 images", "way": "augment.affine_grid + F.grid_sample",
          "us": _best_us(lambda: F.grid_sample(xb, affine_grid(epoch_thetas[:64], (28, 28)), align_corners=False))},
     ]
@@ -176,7 +177,8 @@ def data_ops(x) -> None:
         grad = torch.randn_like(h)
         for way, drop in (("nn.Dropout", torch.nn.Dropout(rate)), ("models.Dropout", Dropout(rate))):
             rows.append({"op": f"dropout {rate} on {list(shape)} ({where}), fwd+bwd", "way": way,
-                         "us": _best_us(lambda: torch.autograd.grad(drop(h), h, grad), calls=20)})
+                         "us": _best_us(lambda drop=drop, h=h, grad=grad: torch.autograd.grad(drop(h), h, grad),
+                                        calls=20)})
     print(f"per batch, bf16 activations, {torch.get_num_threads()} threads, best of 5 repeats")
     print(table(rows, ["op", "way", "us"]))
     print("wrote", write_results(f"data-ops-{torch.get_num_threads()}t", {"argv": sys.argv[1:], "rows": rows}))

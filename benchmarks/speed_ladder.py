@@ -5,6 +5,7 @@
     python benchmarks/speed_ladder.py --batch-sizes 16 32 64   # the default setting only: fixed + per-image cost
     python benchmarks/speed_ladder.py --optimizer-steps        # Adam's step alone: plain loop, foreach, fused
     python benchmarks/speed_ladder.py --data-ops               # augmentation, dropout and seeding, old and new ways
+    python benchmarks/speed_ladder.py --layers keras-bn        # where a default step's time goes, layer by layer
 
 Steps are timed on real MNIST batches sliced from in-memory tensors, median of 5 repeats of 100 steps.
 torch.compile is measured last, with its compile time reported separately.
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_results  # noqa: E402
 
 from mnist_cnn import build_model, get_spec, load_mnist, to_float  # noqa: E402
-from mnist_cnn.optim import KerasRMSprop  # noqa: E402
+from mnist_cnn.optim import KerasRMSprop, make_optimizer  # noqa: E402
 
 
 def plain_head(model):
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="time the default setting at these batch sizes")
     parser.add_argument("--optimizer-steps", action="store_true", help="time Adam's step alone, three ways")
     parser.add_argument("--data-ops", action="store_true", help="time the per-batch work around the model, two ways")
+    parser.add_argument("--layers", metavar="MODEL", help="time each layer's forward and backward in real steps")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,6 +87,8 @@ def main() -> None:
         return optimizer_steps()
     if args.data_ops:
         return data_ops(x)
+    if args.layers:
+        return layer_times(x, y, args.layers)
     if args.batch_sizes:
         return step_cost(x, y, args.batch_sizes)
     ladder = [
@@ -182,6 +186,67 @@ def data_ops(x) -> None:
     print(f"per batch, bf16 activations, {torch.get_num_threads()} threads, best of 5 repeats")
     print(table(rows, ["op", "way", "us"]))
     print("wrote", write_results(f"data-ops-{torch.get_num_threads()}t", {"argv": sys.argv[1:], "rows": rows}))
+
+
+def layer_times(x, y, name: str, steps: int = 100, repeats: int = 3) -> None:
+    """Each layer's forward (timed around the call) and backward (between the gradient hooks on the outputs of
+    consecutive layers) in steps of the model's own recipe, bf16 autocast, no augmentation: medians over steps."""
+    from mnist_cnn.zoo import MODELS
+
+    recipe = MODELS[name].recipe
+    batch = recipe.get("batch_size", 32)
+    torch.manual_seed(0)
+    model = build_model(get_spec(name))
+    x = x.contiguous(memory_format=model.memory_format)
+    opt = make_optimizer(recipe.get("optimizer", "rmsprop"), model.parameters(), recipe.get("lr"))
+    layers = model._head
+    fwd: list[list[float]] = [[] for _ in layers]
+    bwd: list[list[float]] = [[] for _ in layers]
+    other: dict[str, list[float]] = {"loss forward + backward": [], "optimizer step": [], "whole step": []}
+
+    def step(i: int, record: bool) -> None:
+        i %= len(x) // batch
+        xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+        marks: dict[int, float] = {}
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = model._input(xb)
+            for j, layer in enumerate(layers):
+                t0 = time.perf_counter()
+                h = layer(h)
+                fwd[j].append(time.perf_counter() - t0)
+                h.register_hook(lambda _grad, j=j: marks.__setitem__(j, time.perf_counter()))
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(h.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t1 = time.perf_counter()
+        opt.step()
+        end = time.perf_counter()
+        if not record:
+            return
+        other["loss forward + backward"].append(marks[len(layers) - 1] - t0)
+        for j in range(len(layers)):
+            bwd[j].append((marks[j - 1] if j else t1) - marks[j])  # layer j's backward ends when j-1's grad is ready
+        other["optimizer step"].append(end - t1)
+        other["whole step"].append(end - start)
+
+    for i in range(20):
+        step(i, record=False)
+    for lst in [*fwd, *bwd, *other.values()]:
+        lst.clear()
+    for i in range(steps * repeats):
+        step(i, record=True)
+    med = lambda values: statistics.median(values) * 1e3  # noqa: E731
+    rows = [{"layer": f"{j} {type(layer).__name__}", "forward ms": med(f), "backward ms": med(b)}
+            for j, (layer, f, b) in enumerate(zip(layers, fwd, bwd))]
+    rows += [{"layer": k, "forward ms": med(v)} for k, v in other.items()]
+    total = rows[-1]["forward ms"]
+    for r in rows[:-1]:
+        r["% of step"] = 100 * (r["forward ms"] + (r.get("backward ms") or 0)) / total
+    print(f"{name}, batch {batch}, {torch.get_num_threads()} threads, medians of {steps * repeats} steps")
+    print(table(rows, ["layer", "forward ms", "backward ms", "% of step"]))
+    print("wrote", write_results(f"layers-{name}-{torch.get_num_threads()}t", {"argv": sys.argv[1:], "rows": rows}))
 
 
 def step_cost(x, y, batch_sizes: list[int]) -> None:

@@ -6,6 +6,7 @@ import torch
 from mnist_cnn.augment import (
     Augment,
     affine_from_params,
+    affine_grid,
     affine_matrices,
     apply_affine,
     augment_grid_png,
@@ -27,6 +28,13 @@ def images(n: int = 4, seed: int = 0) -> torch.Tensor:
 def params(n: int = 1, angle=0.0, dx=0.0, dy=0.0, shear=0.0, zx=1.0, zy=1.0, size=(28, 28)):
     a, x, y, s, zx_, zy_ = (torch.full((n,), float(v)) for v in (angle, dx, dy, shear, zx, zy))
     return affine_from_params(a, x, y, s, zx_, zy_, size)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (20, 40), (1, 3)])
+def test_our_sampling_grid_is_pytorchs_affine_grid(size):
+    theta = affine_matrices(50, FULL, gen(3), size=size).double()
+    expected = torch.nn.functional.affine_grid(theta, [50, 1, *size], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, size), expected, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8])

@@ -101,3 +101,5 @@ def test_augmentation_reaches_the_model_and_repeats_with_the_seed(mnist, tmp_pat
     # measured 0.24 against 0.54: digits turned to any angle are harder to learn, so the model saw them turned
     assert spun.history[0]["accuracy"] < plain.history[0]["accuracy"] - 0.1
     assert timeless(spun.history) == timeless(again.history)
+    still = train(quick(tmp_path, "still", seed=1, augment={"rotation": 0}), mnist)
+    assert timeless(still.history) == timeless(plain.history)  # ranges of zero leave the images untouched

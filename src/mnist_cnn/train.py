@@ -301,7 +301,7 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
             epoch_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
             perm = torch.randperm(n, generator=epoch_gen).to(device)
             # one transform per place in the epoch, drawn at once: 1.5 us a batch against 84 (speed_ladder --data-ops)
-            thetas = affine_matrices(n, augment, epoch_gen).to(device) if augment else None
+            thetas = affine_matrices(n, augment, epoch_gen).to(device) if augment and not augment.is_identity else None
             model.train()
             t0 = time.perf_counter()
             for i in range(step % steps_per_epoch, steps_per_epoch):

@@ -6,6 +6,7 @@
     python benchmarks/speed_ladder.py --optimizer-steps        # Adam's step alone: plain loop, foreach, fused
     python benchmarks/speed_ladder.py --data-ops               # augmentation, dropout and seeding, old and new ways
     python benchmarks/speed_ladder.py --layers keras-bn        # where a default step's time goes, layer by layer
+    python benchmarks/speed_ladder.py --roofline keras-bn      # each conv's GFLOPS against a large matmul's
 
 Steps are timed on real MNIST batches sliced from in-memory tensors, median of 5 repeats of 100 steps.
 torch.compile is measured last, with its compile time reported separately.
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--optimizer-steps", action="store_true", help="time Adam's step alone, three ways")
     parser.add_argument("--data-ops", action="store_true", help="time the per-batch work around the model, two ways")
     parser.add_argument("--layers", metavar="MODEL", help="time each layer's forward and backward in real steps")
+    parser.add_argument("--roofline", metavar="MODEL", help="GFLOPS of the model's convolutions and of matmuls")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,6 +91,8 @@ def main() -> None:
         return data_ops(x)
     if args.layers:
         return layer_times(x, y, args.layers)
+    if args.roofline:
+        return roofline(args.roofline)
     if args.batch_sizes:
         return step_cost(x, y, args.batch_sizes)
     ladder = [
@@ -247,6 +251,40 @@ def layer_times(x, y, name: str, steps: int = 100, repeats: int = 3) -> None:
     print(f"{name}, batch {batch}, {torch.get_num_threads()} threads, medians of {steps * repeats} steps")
     print(table(rows, ["layer", "forward ms", "backward ms", "% of step"]))
     print("wrote", write_results(f"layers-{name}-{torch.get_num_threads()}t", {"argv": sys.argv[1:], "rows": rows}))
+
+
+def roofline(name: str, batch: int = 64) -> None:
+    """How close each convolution of `name` runs to what this CPU does at best: bf16 and fp32 matmuls of n x n,
+    then every Conv2d alone (bf16, channels-last, batch 64), forward and backward (input and weight gradients)."""
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for n in (1024, 2048, 4096):
+            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+            us = _best_us(lambda a=a, b=b: a @ b, calls=3 if n == 4096 else 10)
+            rows.append({"op": f"matmul {n}x{n} {str(dtype)[6:]}", "GFLOPS": 2 * n**3 / us / 1e3})
+    model = build_model(get_spec(name))
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, (i[0].shape, o.shape)))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    model(torch.zeros(batch, 1, 28, 28).contiguous(memory_format=model.memory_format))
+    for h in hooks:
+        h.remove()
+    for conv, (in_shape, out_shape) in shapes.items():
+        conv = conv.to(torch.bfloat16)
+        x = torch.randn(in_shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(in_shape[1] > 1)  # the first layer's input needs no gradient
+        wrt = [x, conv.weight] if x.requires_grad else [conv.weight]
+        grad = torch.randn(out_shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        macs = out_shape.numel() * conv.weight[0].numel()
+        fwd = _best_us(lambda conv=conv, x=x: conv(x), calls=20)
+        both = _best_us(lambda conv=conv, x=x, wrt=wrt, grad=grad: torch.autograd.grad(conv(x), wrt, grad), calls=20)
+        label = f"conv {conv.in_channels}->{conv.out_channels} {conv.kernel_size[0]}x{conv.kernel_size[1]} on " \
+                f"{in_shape[-2]}x{in_shape[-1]}"
+        rows.append({"op": label + " forward", "us": fwd, "GFLOPS": 2 * macs / fwd / 1e3})
+        rows.append({"op": label + " backward", "us": both - fwd, "GFLOPS": 2 * macs * len(wrt) / (both - fwd) / 1e3})
+    print(f"{name}, batch {batch}, {torch.get_num_threads()} threads, best of 5 repeats")
+    print(table(rows, ["op", "us", "GFLOPS"]))
+    print("wrote", write_results(f"roofline-{name}-{torch.get_num_threads()}t", {"argv": sys.argv[1:], "rows": rows}))
 
 
 def step_cost(x, y, batch_sizes: list[int]) -> None:

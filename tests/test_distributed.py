@@ -9,8 +9,6 @@ autocast the half-batch rounding differs, and rmsprop amplifies it to about 1e-2
 import subprocess
 import sys
 
-import torch
-
 from mnist_cnn.runs import load_tensors
 
 ARGS = ["--epochs", "1", "--batch-size", "64", "--limit-train", "640", "--limit-test", "100", "--seed", "5",

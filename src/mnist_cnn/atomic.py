@@ -45,6 +45,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def make_dir(path: str | os.PathLike, what: str = "directory") -> Path:
+    """mkdir -p; a parent that is a file, or a folder we may not write in, is one line naming the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MnistCnnError(f"cannot make the {what} {path}: {e.strerror or e}") from None
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

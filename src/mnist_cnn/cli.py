@@ -127,8 +127,6 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     from .ensemble import evaluate_ensemble, train_members, write_ensemble
     from .runs import load_run
 
-    if args.train is not None and args.train < 1:
-        raise MnistCnnError(f"--train must be a positive integer, got {args.train}")
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     runs = [load_run(d) for d in args.run_dirs]
     data = load_mnist(args.data or (runs[0].config.get("data") if runs else None))
@@ -153,8 +151,6 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
 def cmd_experiment(args: argparse.Namespace) -> None:
     from .experiments import load_grid, run_grid, summary_json
 
-    if args.seeds is not None and args.seeds < 1:
-        raise MnistCnnError(f"--seeds must be a positive integer, got {args.seeds}")
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     grid = load_grid(args.grid_file)
     overrides = {"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test,
@@ -320,8 +316,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 # Counts that every command taking them needs positive: 0 would otherwise mean "not given" or an empty slice,
-# and a negative --limit-test would slice from the end (ensemble --train and experiment --seeds check their own).
-_COUNTS = ("epochs", "limit_train", "limit_test", "threads")
+# and a negative --limit-test would slice from the end.
+_COUNTS = ("epochs", "limit_train", "limit_test", "threads", "train", "seeds")
 
 
 def _check_counts(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, make_dir
 from .data import MnistData, load_mnist, split_validation
 from .errors import MnistCnnError
 from .evaluate import evaluate, metrics_from_logits, predict_logits
@@ -49,6 +49,11 @@ def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
     top, left = max(-dy, 0), max(-dx, 0)
     return padded[..., top:top + h, left:left + w].contiguous()  # a strided view is slow for the convs
+
+
+def log_probabilities(p: torch.Tensor) -> torch.Tensor:
+    """log p with zeros clamped to the smallest float32: finite "logits" for the loss and the metrics."""
+    return torch.log(p.clamp_min(torch.finfo(torch.float32).tiny))
 
 
 def _check_shifts(shifts: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
@@ -107,7 +112,7 @@ class EnsembleModel(nn.Module):
         return self.member_probabilities(x).mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log(self.probabilities(x).clamp_min(torch.finfo(torch.float32).tiny))
+        return log_probabilities(self.probabilities(x))
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +243,7 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
         metrics = evaluate(model, x_test, y_test)
     else:  # the members' logits are already here: average their softmax instead of running them again
         probs = torch.stack([torch.softmax(lg, 1) for lg in member_logits]).mean(0)
-        metrics = metrics_from_logits(torch.log(probs.clamp_min(torch.finfo(torch.float32).tiny)), y_test)
+        metrics = metrics_from_logits(log_probabilities(probs), y_test)
     metrics.update(members=members, tta=tta, shifts=[list(s) for s in model.shifts], size=len(runs),
                    member_mean_accuracy=sum(m["accuracy"] for m in members) / len(members))
     keys = {_validation_key(r.config) for r in runs}
@@ -262,11 +267,7 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
 
 def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[str, Any]) -> Path:
     """The ensemble directory: ensemble.safetensors + metrics.json + config.json (its members)."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MnistCnnError(f"cannot make the directory {out}: {e.strerror or e}") from None
+    out = make_dir(out)
     save_ensemble(out, model)
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "config.json", {"kind": "ensemble", "members": model.sources,
@@ -281,8 +282,6 @@ def train_members(config: Any, n: int, *, data: MnistData | None = None, out: st
     Member k goes to OUT/seed-{seed}; a member whose directory already holds a finished run of the same
     config (metrics.json written) is loaded instead of trained again, so an interrupted call can be rerun.
     """
-    from .train import train  # training is only needed here; keep `import ensemble` light
-
     if not isinstance(n, int) or n < 1:
         raise MnistCnnError(f"number of ensemble members must be a positive integer, got {n!r}")
     seeds = list(seeds) if seeds is not None else [config.seed + k for k in range(n)]
@@ -292,7 +291,7 @@ def train_members(config: Any, n: int, *, data: MnistData | None = None, out: st
     runs = []
     for seed in seeds:
         member = dataclasses.replace(config, seed=seed, out=str(base / f"seed-{seed}"))
-        runs.append(reuse_or_train(member, data=data, log=log, train_fn=train))
+        runs.append(reuse_or_train(member, data=data, log=log))
     return runs
 
 
@@ -300,8 +299,7 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("out", "verbose", "threads", "device")}
 
 
-def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[[str], None] = print,
-                   train_fn: Callable[..., Run] | None = None) -> Run:
+def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[[str], None] = print) -> Run:
     """The finished run in config.out if it was trained with this very config, else a fresh training."""
     out = Path(config.out) if config.out else None
     if out is not None and (out / "metrics.json").exists() and (out / "model.safetensors").exists():
@@ -309,6 +307,6 @@ def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[
         if _comparable(saved) == _comparable(config.to_dict()):
             log(f"reusing finished run {out}")
             return load_run(out)
-    if train_fn is None:
-        from .train import train as train_fn
-    return train_fn(config, data, log=log)
+    from .train import train  # training is only needed here; keep `import ensemble` light
+
+    return train(config, data, log=log)

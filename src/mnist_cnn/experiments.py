@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_bytes, atomic_write_json
+from .atomic import atomic_write_bytes, atomic_write_json, make_dir
 from .data import MnistData, load_mnist
 from .errors import MnistCnnError
 
@@ -140,9 +140,7 @@ def make_cell_config(grid: dict[str, Any], cell: dict[str, Any], seed: int, out:
         config = make_config(**options)
         get_spec(config.model, **config.model_options)  # model options are checked when the spec is built
         return config
-    except MnistCnnError as e:
-        raise MnistCnnError(f"{source}: cell {cell_label(cell)}: {e}") from None
-    except TypeError as e:
+    except (MnistCnnError, TypeError) as e:
         raise MnistCnnError(f"{source}: cell {cell_label(cell)}: {e}") from None
 
 
@@ -165,11 +163,7 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise MnistCnnError(f"seeds must be a positive integer, got {seeds!r}")
     seeds = seeds or grid["seeds"]
-    out = Path(out or Path("experiments") / re.sub(r"[^A-Za-z0-9_.-]+", "-", grid["name"]))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MnistCnnError(f"cannot make the directory {out}: {e.strerror or e}") from None
+    out = make_dir(out or Path("experiments") / re.sub(r"[^A-Za-z0-9_.-]+", "-", grid["name"]))
     data = data or load_mnist((overrides or {}).get("data") or grid["base"].get("data"))
     grid_cells = cells(grid)
     results: dict[str, Any] = {"name": grid["name"], "description": grid["description"], "out": str(out),

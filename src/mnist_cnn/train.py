@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, make_dir
 from .augment import Augment, affine_matrices, apply_affine
 from .data import MnistData, load_mnist, split_validation, to_float
 from .errors import MnistCnnError, TrainingInterrupted
@@ -72,6 +72,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
 def make_config(model: str | None = None, recipe: str | None = None, **overrides: Any) -> TrainConfig:
     """Defaults <- the model's tutorial recipe <- the named recipe <- explicit values (None = not given)."""
     if recipe is not None and recipe not in RECIPES:
@@ -84,8 +87,7 @@ def make_config(model: str | None = None, recipe: str | None = None, **overrides
     for one, other in (("validation_split", "val_size"), ("val_size", "validation_split")):
         if one in given and other not in given:  # the user's way of splitting replaces the recipe's
             values.pop(other, None)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - _FIELDS)
     if unknown:
         raise MnistCnnError(f"unknown training option {unknown[0]!r}")
     config = TrainConfig(model=str(model), recipe=recipe, **values)
@@ -194,7 +196,7 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
         if not (out / "config.json").exists():
             raise MnistCnnError(f"cannot resume {out}: no config.json there (is it a run directory?)")
         saved = read_json(out / "config.json", {})
-        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+        unknown = sorted(set(saved) - _FIELDS)
         if unknown:
             raise MnistCnnError(f"cannot resume {out}: {out / 'config.json'} has unknown option {unknown[0]!r}")
         saved = TrainConfig(**{**saved, "out": str(out), **({"epochs": config.epochs} if config else {})})
@@ -267,10 +269,7 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
 
         train_model = DistributedDataParallel(model)
     if is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MnistCnnError(f"cannot make the run directory {out}: {e.strerror or e}") from None
+        make_dir(out, "run directory")
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "spec.json", spec.to_dict())
 

@@ -218,7 +218,8 @@ def layer_times(x, y, name: str, steps: int = 100, repeats: int = 3) -> None:
             for j, layer in enumerate(layers):
                 t0 = time.perf_counter()
                 h = layer(h)
-                fwd[j].append(time.perf_counter() - t0)
+                if record:
+                    fwd[j].append(time.perf_counter() - t0)
                 h.register_hook(lambda _grad, j=j: marks.__setitem__(j, time.perf_counter()))
         t0 = time.perf_counter()
         loss = F.cross_entropy(h.float(), yb)
@@ -237,8 +238,6 @@ def layer_times(x, y, name: str, steps: int = 100, repeats: int = 3) -> None:
 
     for i in range(20):
         step(i, record=False)
-    for lst in [*fwd, *bwd, *other.values()]:
-        lst.clear()
     for i in range(steps * repeats):
         step(i, record=True)
     med = lambda values: statistics.median(values) * 1e3  # noqa: E731

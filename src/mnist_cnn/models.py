@@ -212,12 +212,15 @@ def layer_table(spec: ModelSpec) -> list[dict]:
     return rows
 
 
-def count_params(spec: ModelSpec) -> tuple[int, int, int]:
-    """(total, trainable, non-trainable), the three totals under Keras's summary."""
-    rows = layer_table(spec)
+def _totals(rows: list[dict]) -> tuple[int, int, int]:
     trainable = sum(r["trainable"] for r in rows)
     fixed = sum(r["non_trainable"] for r in rows)
     return trainable + fixed, trainable, fixed
+
+
+def count_params(spec: ModelSpec) -> tuple[int, int, int]:
+    """(total, trainable, non-trainable), the three totals under Keras's summary."""
+    return _totals(layer_table(spec))
 
 
 def summary(spec: ModelSpec) -> str:
@@ -226,7 +229,7 @@ def summary(spec: ModelSpec) -> str:
     cells = [(f"{r['name']} ({r['type']})", r["output_shape"], f"{r['params']:,}") for r in rows]
     w = [max(len(h), *(len(c[i]) for c in cells)) + 2 for i, h in enumerate(("Layer (type)", "Output Shape", "Param #"))]
     rule = "-" * sum(w)
-    total, trainable, fixed = count_params(spec)
+    total, trainable, fixed = _totals(rows)
     lines = [f'Model: "{spec.name}"', "=" * sum(w),
              "Layer (type)".ljust(w[0]) + "Output Shape".ljust(w[1]) + "Param #".rjust(w[2]), "=" * sum(w)]
     for c in cells:

@@ -69,6 +69,8 @@ def test_bad_grids_are_refused_before_training(tmp_path):
     bad.write_text("base = [")
     with pytest.raises(MnistCnnError, match="not valid TOML"):
         load_grid(bad)
+    with pytest.raises(MnistCnnError, match=r"grid.yaml: unknown grid file type '.yaml'; expected .toml or .json"):
+        load_grid(tmp_path / "grid.yaml")
 
 
 def test_mean_std():

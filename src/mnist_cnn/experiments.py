@@ -30,29 +30,14 @@ from typing import Any
 
 from .atomic import atomic_write_bytes, atomic_write_json, make_dir
 from .data import MnistData, load_mnist
+from .documents import read_document
 from .errors import MnistCnnError
 
 
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a grid file: {'name', 'seeds', 'base': {...}, 'axes': {dotted name: [values]}}."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise MnistCnnError(f"cannot read grid file {path}: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            raw = tomllib.loads(text)
-        elif path.suffix.lower() == ".json":
-            raw = json.loads(text)
-        else:
-            raise MnistCnnError(f"{path}: a grid file must be .toml or .json, got {path.suffix or 'no suffix'!r}")
-    except MnistCnnError:
-        raise
-    except Exception as e:  # tomllib / json errors: the file is not valid syntax
-        raise MnistCnnError(f"{path}: not valid {path.suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    raw = read_document(path, "grid", (".toml", ".json"))
     return check_grid(raw, str(path), default_name=path.stem)
 
 

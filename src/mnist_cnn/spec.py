@@ -21,13 +21,13 @@ Shapes are Keras's (height, width, channels) without the batch axis and are neve
 
 from __future__ import annotations
 
-import json
 import math
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .documents import read_document
 from .errors import MnistCnnError
 
 ACTIVATIONS = ("linear", "relu", "softmax", "sigmoid", "tanh", "elu", "selu", "gelu", "silu", "swish", "leaky_relu")
@@ -256,28 +256,5 @@ def infer_shapes(spec: ModelSpec, source: str = "spec") -> list[tuple[int, ...]]
 
 def load_spec(path: str | Path) -> ModelSpec:
     """Read a spec from a .toml, .json, .yaml or .yml file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise MnistCnnError(f"cannot read spec file {path}: {getattr(e, 'strerror', None) or e}") from None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            import tomllib
-            obj = tomllib.loads(text)
-        elif suffix == ".json":
-            obj = json.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise MnistCnnError(f"{path}: reading YAML needs PyYAML (pip install pyyaml)") from None
-            obj = yaml.safe_load(text)
-        else:
-            raise MnistCnnError(f"{path}: unknown spec file type {suffix!r}; expected .toml, .json, .yaml or .yml")
-    except MnistCnnError:
-        raise
-    except Exception as e:  # each parser has its own error type; all mean "not valid syntax"
-        raise MnistCnnError(f"{path}: not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    obj = read_document(path, "spec")
     return parse_spec(obj, str(path))

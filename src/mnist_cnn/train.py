@@ -187,6 +187,10 @@ def _progress(step: int, steps: int, start: float, loss: torch.Tensor, acc: torc
     sys.stdout.flush()
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def train(config: TrainConfig | None = None, data: MnistData | None = None, *, resume: str | Path | None = None,
           log: Callable[[str], None] = print) -> Run:
     """Train a model (like Keras's fit), write its run directory, evaluate once on the test set."""
@@ -287,7 +291,7 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
             save_checkpoint(out, step, *state())
 
     bf16 = _use_bf16(config.precision, device)
-    say(f"Training {spec.name} on {n} images ({len(x_val)} validation) for {config.epochs} epochs, "
+    say(f"Training {spec.name} on {n} images ({len(x_val)} validation) for {_epochs(config.epochs)}, "
         f"batch {config.batch_size}, {config.optimizer} lr {base_lr:g}, {world} process(es) on {device}"
         f"{', bf16 autocast' if bf16 else ''}")
     show_bar = is_main and config.verbose and sys.stdout.isatty()
@@ -354,7 +358,7 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
                 else:
                     waited += 1
                     if config.early_stopping and waited >= config.early_stopping:
-                        say(f"Early stopping: {config.monitor} did not improve for {waited} epochs")
+                        say(f"Early stopping: {config.monitor} did not improve for {_epochs(waited)}")
                         stop = True
             if is_main:
                 write_history(out, history)

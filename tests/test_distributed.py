@@ -6,10 +6,18 @@ batch ends. keras-basic has no batch norm or dropout, so the only difference is 
 autocast the half-batch rounding differs, and rmsprop amplifies it to about 1e-2 after 10 steps.)
 """
 
+import json
+import random
+import signal
 import subprocess
 import sys
+import time
 
-from mnist_cnn.runs import load_tensors
+import pytest
+import test_resume
+import torch
+
+from mnist_cnn.runs import checkpoint_paths, load_tensors
 
 ARGS = ["--epochs", "1", "--batch-size", "64", "--limit-train", "640", "--limit-test", "100", "--seed", "5",
         "--threads", "1", "--precision", "fp32"]
@@ -29,3 +37,33 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     b, _ = load_tensors(tmp_path / "one" / "model.safetensors")
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff < 1e-4, f"DDP and single-process weights differ by {diff}"
+
+
+def test_torchrun_stopped_by_sigterm_resumes_where_an_uninterrupted_run_ends(tmp_path):
+    # a scheduler's SIGTERM to torchrun ends the workers mid-epoch; the resume must restore the epoch's running
+    # loss/accuracy of every rank, not only rank 0's, as well as the weights (BN, dropout, augmentation, EMA)
+    args = [*test_resume.ARGS, "--epochs", "2"]
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mnist_cnn",
+           "train"]
+    full = subprocess.run([*run, *args, "--out", str(tmp_path / "full")], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+    victim = subprocess.Popen([*run, *args, "--out", str(tmp_path / "victim")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    target = random.randint(62, 100)  # within the second epoch (57 steps each), past one regular checkpoint
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(int(p.stem.split("-")[1]) >= target
+                                             for p in checkpoint_paths(tmp_path / "victim")):
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGTERM)
+    victim.wait(timeout=120)
+    if (tmp_path / "victim" / "model.safetensors").exists():
+        pytest.skip("the run finished before SIGTERM landed")
+    resumed = subprocess.run([*run, "--resume", str(tmp_path / "victim")], capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming" in resumed.stdout
+    full_history = json.loads((tmp_path / "full" / "history.json").read_text())
+    assert test_resume.untimed(json.loads((tmp_path / "victim" / "history.json").read_text())) == test_resume.untimed(full_history)
+    a, _ = load_tensors(tmp_path / "full" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "victim" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from mnist_cnn import MnistCnnError, make_config, train
+from mnist_cnn.errors import TrainingInterrupted
 from mnist_cnn.runs import checkpoint_paths, latest_checkpoint, load_tensors
 
 SPEC = str(Path(__file__).parents[1] / "examples" / "small-bn.toml")
@@ -30,6 +32,10 @@ def cli(*args: str, **kw) -> subprocess.Popen:
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_tensors(run_dir / "model.safetensors")[0]
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
@@ -68,6 +74,33 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
         pytest.skip("the run finished before Ctrl-C landed")
     assert run.returncode == 130
     assert f"mnist-cnn train --resume {tmp_path / 'r'}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("at", [7, 20], ids=["mid-epoch", "epoch-end"])
+def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp_path, at):
+    # a checkpoint written from inside the step would pair the new weights with the old step count;
+    # 20 is the first epoch's last step (640 images, batch 32), whose row must not be lost
+    options = dict(model=SPEC, optimizer="adam", epochs=2, batch_size=32, limit_train=640, limit_test=64, seed=3,
+                   verbose=0, threads=1)
+    full = train(make_config(**options, out=str(tmp_path / "full")), mnist)
+    updates = 0
+
+    def ctrl_c(optimizer, args, kwargs):
+        nonlocal updates
+        updates += 1
+        if updates == at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    hook = register_optimizer_step_post_hook(ctrl_c)
+    try:
+        with pytest.raises(TrainingInterrupted, match=f"interrupted at step {at};"):
+            train(make_config(**options, out=str(tmp_path / "cut")), mnist)
+    finally:
+        hook.remove()
+    resumed = train(data=mnist, resume=tmp_path / "cut")
+    assert untimed(resumed.history) == untimed(full.history)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 
 
 def test_damaged_checkpoint_is_skipped_for_the_previous_one(mnist, tmp_path):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -187,6 +189,27 @@ def _progress(step: int, steps: int, start: float, loss: torch.Tensor, acc: torc
     sys.stdout.flush()
 
 
+class _StopRequested(Exception):
+    """A stop signal arrived; raised between two steps."""
+
+
+def _stop_between_steps(enabled: bool) -> tuple[list[int], Callable[[], None]]:
+    """While training, SIGINT and SIGTERM only note themselves (in the returned list); a second one interrupts at
+    once. Off under torchrun: ranks would see the signal at different steps, so they keep the default behaviour
+    and resume from the newest regular checkpoint. Returns the list and a function that restores the handlers."""
+    received: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        return received, lambda: None
+
+    def note(signum: int, frame: object) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    return received, lambda: [signal.signal(s, handler) for s, handler in previous.items()]
+
+
 def _epochs(n: int) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
 
@@ -263,7 +286,8 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
         if ema:
             ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-        sums = tensors["sums"].to(device)
+        # rank 0 carries the epoch's running sums for every rank (checkpoint_now all-reduces them)
+        sums = tensors["sums"].to(device) if is_main else torch.zeros_like(sums)
         step, history, best, waited = meta["step"], meta["history"], meta["best"], meta["waited"]
         say(f"Resuming {out} at step {step} (epoch {step // steps_per_epoch + 1}, "
             f"batch {step % steps_per_epoch}/{steps_per_epoch})")
@@ -287,8 +311,12 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
                          "optimizer": opt_meta, "config": config.to_dict(), "spec": spec.to_dict()}
 
     def checkpoint_now() -> None:
+        tensors, meta = state()
+        if world > 1:  # every rank reaches each checkpoint at the same step, so a collective is safe here
+            tensors["sums"] = sums.clone()
+            torch.distributed.all_reduce(tensors["sums"])
         if is_main:
-            save_checkpoint(out, step, *state())
+            save_checkpoint(out, step, tensors, meta)
 
     bf16 = _use_bf16(config.precision, device)
     say(f"Training {spec.name} on {n} images ({len(x_val)} validation) for {_epochs(config.epochs)}, "
@@ -297,6 +325,8 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     show_bar = is_main and config.verbose and sys.stdout.isatty()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     stop = False
+    # Ctrl-C or a scheduler's SIGTERM ends the step first, so the checkpoint it leaves is consistent
+    stop_requested, restore_signals = _stop_between_steps(enabled=world == 1)
     try:
         while step < total_steps and not stop:
             epoch = step // steps_per_epoch
@@ -335,6 +365,9 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
                     _progress(i + 1, steps_per_epoch, t0, sums[0] / sums[2], sums[1] / sums[2])
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step % steps_per_epoch:
                     checkpoint_now()
+                if stop_requested and step % steps_per_epoch:  # at an epoch's end, stop after its row is written
+                    checkpoint_now()
+                    raise _StopRequested
             if show_bar:
                 sys.stdout.write("\n")
             if world > 1:
@@ -363,10 +396,16 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
             if is_main:
                 write_history(out, history)
             checkpoint_now()
-    except KeyboardInterrupt:
-        checkpoint_now()
+            if stop_requested and step < total_steps and not stop:
+                raise _StopRequested
+    except _StopRequested:
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {out / 'checkpoints'}; "
-                            f"continue with: mnist-cnn train --resume {out}") from None
+                                  f"continue with: mnist-cnn train --resume {out}") from None
+    except KeyboardInterrupt:  # mid-step, so no checkpoint now: the newest one on disk is consistent
+        raise TrainingInterrupted(f"interrupted during step {step}; continue from the newest checkpoint in "
+                                  f"{out / 'checkpoints'} with: mnist-cnn train --resume {out}") from None
+    finally:
+        restore_signals()
 
     # ---- final weights, then the test set, once ----
     final = ema.model if ema else model

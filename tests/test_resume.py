@@ -1,6 +1,7 @@
 """Interrupted training loses nothing: kill -9 at a random step, resume, and end bit for bit where an
 uninterrupted run ends; damaged checkpoints are skipped; a full disk leaves the previous checkpoint intact."""
 
+import json
 import os
 import random
 import signal
@@ -58,6 +59,8 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "Resuming" in out
+    histories = [json.loads((tmp_path / name / "history.json").read_text()) for name in ("full", "victim")]
+    assert untimed(histories[0]) == untimed(histories[1])
     a, b = weights(tmp_path / "full"), weights(tmp_path / "victim")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"

@@ -362,11 +362,11 @@ def test_a_bad_http_body_gets_a_4xx_json_error(client, kind, form, request_kwarg
     assert r.json()["error"] == code and "\n" not in r.json()["detail"]
 
 
-def test_a_stalled_body_gets_408(run_dir, usage_start_server):
+def test_a_stalled_body_gets_408(run_dir, start_server):
     pytest.importorskip("fastapi", reason="the service needs the 'serve' extra")
     from mnist_cnn.serve import create_app
 
-    host, port = usage_start_server(create_app(run_dir, body_timeout_s=0.3)).removeprefix("http://").split(":")
+    host, port = start_server(create_app(run_dir, body_timeout_s=0.3)).removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
                   + bytes(10))

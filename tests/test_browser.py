@@ -47,11 +47,11 @@ def browser():
     driver.quit()
 
 
-def test_draw_a_one_and_see_it_predicted(browser, usage_run, usage_start_server):
-    url = usage_start_server(create_app(usage_run))
+def test_draw_a_one_and_see_it_predicted(browser, trained_run, start_server):
+    url = start_server(create_app(trained_run))
     browser.get(url + "/")
     wait = WebDriverWait(browser, 15)
-    wait.until(lambda d: usage_run.name in d.find_element(By.ID, "model").text)
+    wait.until(lambda d: trained_run.name in d.find_element(By.ID, "model").text)
     pad = browser.find_element(By.ID, "pad")
 
     # A vertical stroke from top to bottom; the page predicts while the button is still down.

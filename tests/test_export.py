@@ -16,8 +16,8 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def first_1000(usage_mnist):
-    return usage_mnist.x_test[:1000]
+def first_1000(mnist):
+    return mnist.x_test[:1000]
 
 
 def pytorch_logits(run, x):
@@ -25,16 +25,16 @@ def pytorch_logits(run, x):
         return run.model(x.float().div(255).unsqueeze(1)).numpy()
 
 
-def test_onnx_runs_in_onnxruntime_with_any_batch_and_matches(usage_run, first_1000, tmp_path):
+def test_onnx_runs_in_onnxruntime_with_any_batch_and_matches(trained_run, first_1000, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
-    path = export_model(usage_run, "onnx", tmp_path / "model.onnx")
-    assert check_parity(usage_run, path, first_1000) < TOLERANCE
+    path = export_model(trained_run, "onnx", tmp_path / "model.onnx")
+    assert check_parity(trained_run, path, first_1000) < TOLERANCE
 
     proto = onnx.load(str(path))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["spec"])["name"] == usage_run.name
+    assert json.loads(meta["spec"])["name"] == trained_run.name
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
@@ -44,38 +44,38 @@ def test_onnx_runs_in_onnxruntime_with_any_batch_and_matches(usage_run, first_10
         logits, probabilities = session.run(None, {"image": x.float().div(255).unsqueeze(1).numpy()})
         assert logits.shape == probabilities.shape == (n, 10)
         np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
-        assert np.abs(logits - pytorch_logits(usage_run, x)).max() < TOLERANCE
+        assert np.abs(logits - pytorch_logits(trained_run, x)).max() < TOLERANCE
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-def test_torchscript_loads_with_plain_torch_and_matches(usage_run, first_1000, tmp_path):
-    path = export_model(usage_run, "torchscript", tmp_path / "model.pt")
-    assert check_parity(usage_run, path, first_1000) < TOLERANCE
+def test_torchscript_loads_with_plain_torch_and_matches(trained_run, first_1000, tmp_path):
+    path = export_model(trained_run, "torchscript", tmp_path / "model.pt")
+    assert check_parity(trained_run, path, first_1000) < TOLERANCE
     extra = {"spec.json": ""}
     module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    assert json.loads(extra["spec.json"])["name"] == usage_run.name
+    assert json.loads(extra["spec.json"])["name"] == trained_run.name
     with torch.inference_mode():
         out = module(first_1000[:5].float().div(255).unsqueeze(1))
-    assert np.abs(out.numpy() - pytorch_logits(usage_run, first_1000[:5])).max() < TOLERANCE
+    assert np.abs(out.numpy() - pytorch_logits(trained_run, first_1000[:5])).max() < TOLERANCE
 
 
-def test_safetensors_reloads_and_carries_its_spec(usage_run, first_1000, tmp_path):
+def test_safetensors_reloads_and_carries_its_spec(trained_run, first_1000, tmp_path):
     from safetensors import safe_open
 
-    path = export_model(usage_run, None, tmp_path / "weights.safetensors")  # format from the suffix
-    assert check_parity(usage_run, path, first_1000) < TOLERANCE
-    assert load_run(path).num_params == usage_run.num_params
+    path = export_model(trained_run, None, tmp_path / "weights.safetensors")  # format from the suffix
+    assert check_parity(trained_run, path, first_1000) < TOLERANCE
+    assert load_run(path).num_params == trained_run.num_params
     with safe_open(str(path), "pt") as f:  # readable without this package
         spec = json.loads(f.metadata()["spec"])
         keys = set(f.keys())
-    assert spec["name"] == usage_run.name and keys == set(usage_run.model.state_dict())
+    assert spec["name"] == trained_run.name and keys == set(trained_run.model.state_dict())
 
 
-def test_export_from_a_run_directory_and_bad_formats(usage_run, tmp_path):
-    path = export_model(usage_run.path, "torchscript", tmp_path / "m.ts")
+def test_export_from_a_run_directory_and_bad_formats(trained_run, tmp_path):
+    path = export_model(trained_run.path, "torchscript", tmp_path / "m.ts")
     assert run_exported(path, np.zeros((2, 28, 28), np.uint8)).shape == (2, 10)
     with pytest.raises(MnistCnnError, match="unknown export format 'tflite'"):
-        export_model(usage_run, "tflite", tmp_path / "m.tflite")
+        export_model(trained_run, "tflite", tmp_path / "m.tflite")
     with pytest.raises(MnistCnnError, match="cannot tell the format"):
         format_for(tmp_path / "model.bin")
     with pytest.raises(MnistCnnError, match="not a run directory"):

@@ -101,8 +101,8 @@ def test_a_large_photo_is_reduced_before_the_array_steps():
     assert_mnist_like(a)
 
 
-def test_mnist_digits_pass_through_unchanged(usage_mnist):
-    x = usage_mnist.x_test[:1000].numpy()
+def test_mnist_digits_pass_through_unchanged(mnist):
+    x = mnist.x_test[:1000].numpy()
     same = [np.abs(preprocess_array(im).astype(int) - im).max() <= 1 for im in x]
     assert np.mean(same) >= 0.99
 
@@ -159,14 +159,14 @@ def test_missing_file_and_bad_arrays(tmp_path):
         preprocess_array(np.full((5, 5), np.nan))
 
 
-def test_predict_on_mnist_pngs_matches_the_arrays(usage_run, usage_mnist, tmp_path):
-    x, y = usage_mnist.x_test[:300].numpy(), usage_mnist.y_test[:300].numpy()
+def test_predict_on_mnist_pngs_matches_the_arrays(trained_run, mnist, tmp_path):
+    x, y = mnist.x_test[:300].numpy(), mnist.y_test[:300].numpy()
     paths = []
     for i, im in enumerate(x):
         paths.append(tmp_path / f"{i:03d}.png")
         paths[-1].write_bytes(encode(Image.fromarray(im)))
-    on_files = predict_files(usage_run, paths, show_preprocessed_dir=tmp_path / "seen")
-    on_arrays = predict_arrays(usage_run, x)
+    on_files = predict_files(trained_run, paths, show_preprocessed_dir=tmp_path / "seen")
+    on_arrays = predict_arrays(trained_run, x)
     files_digits = np.array([r["digit"] for r in on_files])
     array_digits = np.array([r["digit"] for r in on_arrays])
     assert (files_digits == y).mean() == pytest.approx((array_digits == y).mean(), abs=0.005)
@@ -178,12 +178,12 @@ def test_predict_on_mnist_pngs_matches_the_arrays(usage_run, usage_mnist, tmp_pa
     assert seen.shape == (28, 28) and np.abs(seen.astype(int) - x[0]).max() <= 1
 
 
-def test_predict_files_text_json_and_name_clashes(usage_run, tmp_path):
+def test_predict_files_text_json_and_name_clashes(trained_run, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     for d in "ab":
         (tmp_path / d / "digit.png").write_bytes(encode(seven()))
-    results = predict_files(usage_run, [tmp_path / "a" / "digit.png", tmp_path / "b" / "digit.png"],
+    results = predict_files(trained_run, [tmp_path / "a" / "digit.png", tmp_path / "b" / "digit.png"],
                             show_preprocessed_dir=tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["digit-2.png", "digit.png"]
     text = format_predictions(results)
@@ -191,4 +191,4 @@ def test_predict_files_text_json_and_name_clashes(usage_run, tmp_path):
     json.dumps(results)  # JSON-ready as it is
     with pytest.raises(MnistCnnError, match="junk.png"):
         (tmp_path / "junk.png").write_bytes(b"junk")
-        predict_files(usage_run, [tmp_path / "a" / "digit.png", tmp_path / "junk.png"])
+        predict_files(trained_run, [tmp_path / "a" / "digit.png", tmp_path / "junk.png"])

@@ -34,15 +34,15 @@ def one(dark_on_light: bool = True) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def client(usage_run):
-    return TestClient(create_app(usage_run, max_body_bytes=1_000_000))
+def client(trained_run):
+    return TestClient(create_app(trained_run, max_body_bytes=1_000_000))
 
 
-def test_health_page_and_schema(client, usage_run):
+def test_health_page_and_schema(client, trained_run):
     health = client.get("/healthz").json()
     assert health["status"] == "ok"
-    assert health["model"] == {"name": usage_run.name, "run": usage_run.path.name, "params": usage_run.num_params,
-                               "test_accuracy": usage_run.metrics["accuracy"]}
+    assert health["model"] == {"name": trained_run.name, "run": trained_run.path.name, "params": trained_run.num_params,
+                               "test_accuracy": trained_run.metrics["accuracy"]}
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text
     for asset in ("/static/app.js", "/static/style.css"):
@@ -54,11 +54,11 @@ def test_health_page_and_schema(client, usage_run):
     assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN: off
 
 
-def test_upload_predicts_and_returns_the_model_input(client, usage_run):
+def test_upload_predicts_and_returns_the_model_input(client, trained_run):
     r = client.post("/v1/predict", files={"file": ("one.png", one(), "image/png")})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"]["name"] == usage_run.name and body["model"]["params"] == usage_run.num_params
+    assert body["model"]["name"] == trained_run.name and body["model"]["params"] == trained_run.num_params
     p = body["predictions"][0]
     assert p["file"] == "one.png" and p["digit"] == 1 and len(p["probabilities"]) == 10
     assert abs(sum(p["probabilities"]) - 1) < 1e-4 and p["top3"][0] == {"digit": 1, "probability": p["probability"]}
@@ -74,11 +74,11 @@ def test_several_files_raw_body_and_light_on_dark(client):
     assert r.status_code == 200 and r.json()["predictions"][0]["digit"] == 1
 
 
-def test_json_arrays_in_both_value_ranges(client, usage_mnist, usage_run):
-    x = usage_mnist.x_test[:4].numpy()
+def test_json_arrays_in_both_value_ranges(client, mnist, trained_run):
+    x = mnist.x_test[:4].numpy()
     unit = client.post("/v1/predict", json={"images": (x / 255.0).tolist()}).json()["predictions"]
     byte = client.post("/v1/predict", json={"images": x.tolist(), "value_range": "byte"}).json()["predictions"]
-    expected = usage_run.predict_proba(usage_mnist.x_test[:4].float().div(255).unsqueeze(1)).numpy()
+    expected = trained_run.predict_proba(mnist.x_test[:4].float().div(255).unsqueeze(1)).numpy()
     for a, b, e in zip(unit, byte, expected):
         assert a["digit"] == b["digit"] == int(e.argmax())
         assert np.abs(np.array(a["probabilities"]) - e).max() < 1e-5 and "image" not in a
@@ -138,8 +138,8 @@ def test_nan_in_json_is_out_of_range(client):
     assert r.status_code == 422 and r.json()["error"] == "out_of_range"
 
 
-def test_concurrent_requests_on_a_real_server(usage_run, usage_start_server):
-    url = usage_start_server(create_app(usage_run))
+def test_concurrent_requests_on_a_real_server(trained_run, start_server):
+    url = start_server(create_app(trained_run))
     payload = one()
 
     def call(i: int) -> int:

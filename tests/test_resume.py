@@ -79,11 +79,13 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert f"mnist-cnn train --resume {tmp_path / 'r'}" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("at", [7, 20], ids=["mid-epoch", "epoch-end"])
-def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp_path, at):
+@pytest.mark.parametrize(("model", "at"), [(SPEC, 7), (SPEC, 20), ("keras-basic", 7)],
+                         ids=["mid-epoch", "epoch-end", "multi-channel-convs"])
+def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp_path, model, at):
     # a checkpoint written from inside the step would pair the new weights with the old step count;
-    # 20 is the first epoch's last step (640 images, batch 32), whose row must not be lost
-    options = dict(model=SPEC, optimizer="adam", epochs=2, batch_size=32, limit_train=640, limit_test=64, seed=3,
+    # 20 is the first epoch's last step (640 images, batch 32), whose row must not be lost;
+    # keras-basic's 32- and 64-channel conv kernels are channels-last, and so must Adam's state be after a resume
+    options = dict(model=model, optimizer="adam", epochs=2, batch_size=32, limit_train=640, limit_test=64, seed=3,
                    verbose=0, threads=1)
     full = train(make_config(**options, out=str(tmp_path / "full")), mnist)
     updates = 0

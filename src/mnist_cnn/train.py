@@ -154,8 +154,8 @@ def _device(name: str) -> torch.device:
 def _use_bf16(precision: str, device: torch.device) -> bool:
     if precision != "auto":
         return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # native from Ampere on; is_bf16_supported() also says yes where it is emulated
+        return torch.cuda.get_device_capability(device)[0] >= 8
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
@@ -286,6 +286,7 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
         if ema:
             ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+        _match_parameter_layouts(optimizer)
         # rank 0 carries the epoch's running sums for every rank (checkpoint_now all-reduces them)
         sums = tensors["sums"].to(device) if is_main else torch.zeros_like(sums)
         step, history, best, waited = meta["step"], meta["history"], meta["best"], meta["waited"]
@@ -409,6 +410,8 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
 
     # ---- final weights, then the test set, once ----
     final = ema.model if ema else model
+    if world > 1:  # rank 0 may still be writing best.safetensors (NCCL's all_reduce does not block the host)
+        torch.distributed.barrier()
     if config.restore_best and (out / "best.safetensors").exists():
         final = load_weights(out / "best.safetensors").to(device)
         say("Restored the best weights on " + config.monitor)
@@ -451,3 +454,12 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimiser state its parameter's memory layout (checkpoints store it contiguous): a fused Adam
+    step on channels-last kernels with contiguous moments mixes up elements on the CPU and refuses on CUDA."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -245,6 +245,8 @@ CLI_CASES = [
      "need a validation set"),
     ("CLI value", "`train --out` an existing file", lambda c: ["train", "--limit-train", "64", "--out",
                                                                c.file("taken", b"")], "cannot make the run directory"),
+    ("CLI value", "`train --out` a folder that holds a run", lambda c: ["train", "--limit-train", "64", "--out",
+                                                                 str(c.run)], "already holds a run; continue it with"),
     ("CLI value", "`evaluate --limit-test 0`", lambda c: ["evaluate", str(c.run), "--limit-test", "0"],
      "--limit-test must be a positive integer, got 0"),
     ("CLI value", "`explain --index 10000`", lambda c: ["explain", str(c.run), "--index", "10000"],
@@ -295,6 +297,8 @@ CLI_CASES = [
      "is damaged; cannot resume"),
     ("`--resume`", "unknown option in config.json", lambda c: ["train", "--resume", c.run_copy(json_edit(
         "config.json", lambda d: {**d, "colour": 1}))], "config.json has unknown option 'colour'"),
+    ("`--resume`", "with a setting other than --epochs", lambda c: ["train", "--resume", str(c.run), "--lr", "0.5"],
+     "only --epochs may be given with it, got --lr"),
     ("`--resume`", "wrong type in config.json", lambda c: ["train", "--resume", c.run_copy(json_edit(
         "config.json", lambda d: {**d, "lr_decay": "fast"}))], "--lr-decay must be in (0, 1], got 'fast'"),
 ]

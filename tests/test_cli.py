@@ -1,6 +1,8 @@
 """The CLI in-process: every command is a thin layer over the API; user mistakes are one line, exit 2."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -36,6 +38,8 @@ def test_train_then_evaluate(capsys, tmp_path):
     assert len(metrics["confusion"]) == 10 and len(metrics["per_class"]) == 10
     code, out, _ = run_cli(capsys, "evaluate", str(out_dir), "--limit-test", "200")
     assert "confusion matrix" in out and "precision" in out
+    code, out, _ = run_cli(capsys, "export", str(out_dir), "--out", str(tmp_path / "m.safetensors"), "--json")
+    assert code == 0 and json.loads(out.splitlines()[-1])["format"] == "safetensors"  # told by the suffix
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -49,3 +53,24 @@ def test_user_mistakes_are_one_line(capsys, argv, message):
     assert code == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_lr_decay_sets_the_exponential_schedules_factor(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "train", "--epochs", "2", "--limit-train", "128", "--limit-test", "64",
+                           "--schedule", "exponential", "--lr-decay", "0.5", "--out", str(tmp_path / "r"), "--json")
+    assert code == 0
+    first, second = json.loads(out.strip().splitlines()[-1])["history"]
+    assert second["lr"] == first["lr"] * 0.5
+
+
+def test_piping_train_into_head_neither_prints_a_traceback_nor_loses_the_run(tmp_path):
+    # `mnist-cnn train | head -1`: the reader goes away after one line; training must go on, silently
+    train = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "train", "--epochs", "2", "--limit-train", "500",
+                              "--limit-test", "100", "--out", str(tmp_path / "r")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert train.stdout.readline().startswith("Training keras-basic")
+    train.stdout.close()
+    assert train.wait(timeout=300) == 0
+    assert "Traceback" not in train.stderr.read()
+    assert len(json.loads((tmp_path / "r" / "history.json").read_text())) == 2
+    assert (tmp_path / "r" / "model.safetensors").exists()

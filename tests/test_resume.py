@@ -108,6 +108,16 @@ def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 
 
+def test_resume_refuses_fewer_epochs_than_trained_and_a_new_run_refuses_the_folder(mnist, tmp_path):
+    config = make_config(epochs=2, limit_train=256, limit_test=64, batch_size=64, out=str(tmp_path), verbose=0)
+    train(config, mnist)
+    with pytest.raises(MnistCnnError, match=r"with --epochs 1: it has already trained 2 epochs"):
+        train(make_config(epochs=1), mnist, resume=tmp_path)
+    with pytest.raises(MnistCnnError, match=r"already holds a run; continue it with --resume"):
+        train(config, mnist)
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 2  # untouched
+
+
 def test_damaged_checkpoint_is_skipped_for_the_previous_one(mnist, tmp_path):
     config = make_config(epochs=2, limit_train=256, limit_test=64, batch_size=64, out=str(tmp_path), verbose=0)
     train(config, mnist)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 from .errors import MnistCnnError, TrainingInterrupted
 
@@ -61,6 +62,24 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+_TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "no_dropout", "data", "batch_size", "optimizer", "lr", "seed",
+                   "validation_split", "val_size", "limit_train", "limit_test", "out", "rotation", "shift", "shear",
+                   "zoom", "schedule", "lr_decay", "label_smoothing", "weight_decay", "ema", "early_stopping",
+                   "monitor", "restore_best", "precision", "threads", "device", "no_channels_last",
+                   "checkpoint_every")
+
+
+def _log_to(stream: TextIO) -> Callable[[str], None]:
+    """print to `stream`; once its reader has gone (`mnist-cnn train | head`), keep training and print nothing."""
+    def log(message: str) -> None:
+        try:
+            print(message, file=stream, flush=True)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+    return log
+
+
 @command
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import make_config, train
@@ -69,8 +88,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     if any(getattr(args, k) is not None for k in ("rotation", "shift", "shear", "zoom")):
         augment = {"rotation": args.rotation or 0, "width_shift": args.shift or 0, "height_shift": args.shift or 0,
                    "shear": args.shear or 0, "zoom": args.zoom or 0}
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    log = _log_to(sys.stderr if args.json else sys.stdout)
     if args.resume:
+        # the run's saved settings define it; only its length may change
+        given = [name for name in _TRAIN_SETTINGS if getattr(args, name) not in (None, False)]
+        if given:
+            raise MnistCnnError(f"--resume continues {args.resume} with its saved settings; only --epochs may be "
+                                f"given with it, got --{given[0].replace('_', '-')}")
         overrides = make_config(epochs=args.epochs) if args.epochs is not None else None
         run = train(overrides, resume=args.resume, log=log)
     else:
@@ -78,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             model=args.model, recipe=args.recipe, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
             optimizer=args.optimizer, lr=args.lr, seed=args.seed, validation_split=args.validation_split,
             val_size=args.val_size, limit_train=args.limit_train, limit_test=args.limit_test, out=args.out,
-            augment=augment, schedule=args.schedule, label_smoothing=args.label_smoothing,
+            augment=augment, schedule=args.schedule, lr_decay=args.lr_decay, label_smoothing=args.label_smoothing,
             weight_decay=args.weight_decay, ema=args.ema, early_stopping=args.early_stopping, monitor=args.monitor,
             restore_best=args.restore_best or None, precision=args.precision, threads=args.threads,
             device=args.device, checkpoint_every=args.checkpoint_every, model_options=_model_options(args) or None,
@@ -175,14 +199,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
 @command
 def cmd_export(args: argparse.Namespace) -> None:
     from .data import load_mnist
-    from .export import check_parity, export_model
+    from .export import check_parity, export_model, format_for
     from .runs import load_run
 
     run = load_run(args.run_dir)
-    path = export_model(run, args.format, args.out)
-    diff = check_parity(run, path, load_mnist().x_test[:1000], args.format)
+    fmt = format_for(args.out, args.format)
+    path = export_model(run, fmt, args.out)
+    diff = check_parity(run, path, load_mnist().x_test[:1000], fmt)
     if args.json:
-        return _print_json({"path": str(path), "format": args.format, "max_abs_diff_1000_test_images": diff})
+        return _print_json({"path": str(path), "format": fmt, "max_abs_diff_1000_test_images": diff})
     print(f"wrote {path}; max abs difference from PyTorch on 1,000 test images: {diff:.2e}")
 
 
@@ -228,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shear", type=float, help="augment: random shear angle range in degrees")
     p.add_argument("--zoom", type=float, help="augment: random zoom range z (factor in [1-z, 1+z])")
     p.add_argument("--schedule", choices=["constant", "exponential", "cosine", "onecycle"])
+    p.add_argument("--lr-decay", type=float, help="exponential schedule: the factor per epoch (default 0.95)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--ema", type=float, help="evaluate an exponential moving average of the weights (e.g. 0.999)")
@@ -344,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output has gone (`| head`): no traceback, as `cat` would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 141
     return 0
 
 

@@ -277,6 +277,8 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     steps_per_epoch = -(-n // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     out = Path(config.out or _default_out(config.model))
+    if resume is None and ((out / "config.json").exists() or (out / "checkpoints").exists()):
+        raise MnistCnnError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
     history: list[dict[str, Any]] = []
     step, best, waited = 0, None, 0
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, seen in this epoch
@@ -290,6 +292,9 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
         # rank 0 carries the epoch's running sums for every rank (checkpoint_now all-reduces them)
         sums = tensors["sums"].to(device) if is_main else torch.zeros_like(sums)
         step, history, best, waited = meta["step"], meta["history"], meta["best"], meta["waited"]
+        if step > total_steps:
+            raise MnistCnnError(f"cannot resume {out} with --epochs {config.epochs}: it has already trained "
+                                f"{_epochs(step // steps_per_epoch)}")
         say(f"Resuming {out} at step {step} (epoch {step // steps_per_epoch + 1}, "
             f"batch {step % steps_per_epoch}/{steps_per_epoch})")
     train_model = model

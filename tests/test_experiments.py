@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from mnist_cnn import MnistCnnError
@@ -78,3 +79,17 @@ def test_mean_std():
     mean, std = mean_std([1.0, 2.0, 3.0])
     assert mean == 2.0 and std == pytest.approx(1.0)
     assert mean_std([0.5]) == (0.5, 0.0)
+
+
+def test_a_data_axis_trains_each_cell_on_its_own_data(tmp_path, mnist, capsys):
+    # the second set's test labels are shifted by one, so a model evaluated on it scores near zero
+    x, y, xt, yt = mnist.x_train[:1000].numpy(), mnist.y_train[:1000].numpy(), mnist.x_test[:100].numpy(), \
+        mnist.y_test[:100].numpy()
+    np.savez(tmp_path / "plain.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    np.savez(tmp_path / "shifted.npz", x_train=x, y_train=y, x_test=xt, y_test=(yt + 1) % 10)
+    grid = tmp_path / "data.toml"
+    grid.write_text(f'[base]\nmodel = "keras-basic"\nepochs = 2\n[axes]\ndata = ["{tmp_path / "plain.npz"}", '
+                    f'"{tmp_path / "shifted.npz"}"]\n')
+    assert main(["experiment", str(grid), "--seeds", "1", "--out", str(tmp_path / "exp"), "--json"]) == 0
+    plain, shifted = json.loads(capsys.readouterr().out.splitlines()[-1])["cells"]
+    assert plain["test_accuracy_mean"] > 0.7 and shifted["test_accuracy_mean"] < 0.2

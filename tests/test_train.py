@@ -103,3 +103,10 @@ def test_augmentation_reaches_the_model_and_repeats_with_the_seed(mnist, tmp_pat
     assert timeless(spun.history) == timeless(again.history)
     still = train(quick(tmp_path, "still", seed=1, augment={"rotation": 0}), mnist)
     assert timeless(still.history) == timeless(plain.history)  # ranges of zero leave the images untouched
+
+
+def test_a_relative_data_path_is_recorded_absolute(tmp_path, monkeypatch):
+    # so that `evaluate RUN` finds the data from any folder
+    monkeypatch.chdir(tmp_path)
+    assert make_config(data="fashion.npz").data == str(tmp_path / "fashion.npz")
+    assert make_config().data is None  # the bundled MNIST

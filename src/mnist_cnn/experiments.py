@@ -149,7 +149,9 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
         raise MnistCnnError(f"seeds must be a positive integer, got {seeds!r}")
     seeds = seeds or grid["seeds"]
     out = make_dir(out or Path("experiments") / re.sub(r"[^A-Za-z0-9_.-]+", "-", grid["name"]))
-    data = data or load_mnist((overrides or {}).get("data") or grid["base"].get("data"))
+    if data is not None and "data" in grid["axes"]:
+        raise MnistCnnError("the grid varies 'data' across cells, so run_grid cannot also be given one data set")
+    loaded: dict[str | None, MnistData] = {}  # each data set once, however many cells use it
     grid_cells = cells(grid)
     results: dict[str, Any] = {"name": grid["name"], "description": grid["description"], "out": str(out),
                                "seeds": seeds, "base": grid["base"], "axes": grid["axes"],
@@ -161,7 +163,9 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
         for s in range(seeds):
             config = make_cell_config(grid, cell, s, str(out / "runs" / cell_slug(cell) / f"seed-{s}"), overrides)
             log(f"[{i + 1}/{len(grid_cells)}] {cell_label(cell)} seed {config.seed}")
-            run = reuse_or_train(config, data=data, log=log)
+            if data is None and config.data not in loaded:
+                loaded[config.data] = load_mnist(config.data)
+            run = reuse_or_train(config, data=data or loaded[config.data], log=log)
             last = run.history[-1] if run.history else {}
             runs.append({"seed": config.seed, "run_dir": str(run.path), "test_accuracy": run.metrics.get("accuracy"),
                          "test_loss": run.metrics.get("loss"), "val_accuracy": last.get("val_accuracy"),

@@ -85,6 +85,8 @@ def make_config(model: str | None = None, recipe: str | None = None, **overrides
     model = model or named.pop("model", None) or TrainConfig.model
     named.pop("model", None)
     given = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(given.get("data"), (str, os.PathLike)):  # the run records where its data is from anywhere
+        given["data"] = str(Path(given["data"]).expanduser().absolute())
     values = {**recipe_for(model), **named, **given}
     for one, other in (("validation_split", "val_size"), ("val_size", "validation_split")):
         if one in given and other not in given:  # the user's way of splitting replaces the recipe's

@@ -284,6 +284,8 @@ CLI_CASES = [
      "config.json is not valid JSON"),
     ("run directory", "history.json not a list", lambda c: ["report", c.run_copy(replace("history.json", b"{}"))],
      "history.json: expected a JSON list, got dict"),
+    ("run directory", "history.json row without a loss", lambda c: ["report", c.run_copy(replace(
+        "history.json", b'[{"epoch": 1}]'))], "history.json: row 0 should hold an integer epoch and numbers"),
     ("weights file", "pickled `.pt` that runs code", lambda c: ["evaluate", c.file(
         "model.pt", pickle.dumps(Malicious(c.tmp / MARKER)))], "refusing to load a PyTorch/pickle file"),
     ("weights file", "`torch.save` state dict (`.pth`)", lambda c: ["predict", torch_saved(c), c.file("1.png", digit_png())],

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -161,7 +162,18 @@ def load_run(run_dir: str | os.PathLike) -> Run:
                             f"`mnist-cnn train --out {path}`)")
     base = weights.parent
     return Run(base, load_weights(weights), read_json(base / "config.json", {}),
-               read_json(base / "history.json", []), read_json(base / "metrics.json", {}))
+               _checked_history(base / "history.json"), read_json(base / "metrics.json", {}))
+
+
+def _checked_history(path: Path) -> list[dict[str, Any]]:
+    """history.json's rows, each with an integer epoch, a loss and an accuracy, and numbers only."""
+    history = read_json(path, [])
+    for i, row in enumerate(history):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values())
+        if not (numbers and isinstance(row.get("epoch"), int) and {"loss", "accuracy"} <= row.keys()):
+            raise MnistCnnError(f"{path}: row {i} should hold an integer epoch and numbers for loss, accuracy and "
+                                f"the rest, got {reprlib.repr(row)}")
+    return history
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -244,7 +244,7 @@ CLI_CASES = [
     ("CLI value", "`train --early-stopping 3` without a validation set", lambda c: ["train", "--early-stopping", "3"],
      "need a validation set"),
     ("CLI value", "`train --out` an existing file", lambda c: ["train", "--limit-train", "64", "--out",
-                                                               c.file("taken", b"")], "cannot make the run directory"),
+                                                               c.file("taken", b"")], "taken is a file, not a folder"),
     ("CLI value", "`train --out` a folder that holds a run", lambda c: ["train", "--limit-train", "64", "--out",
                                                                  str(c.run)], "already holds a run; continue it with"),
     ("CLI value", "`evaluate --limit-test 0`", lambda c: ["evaluate", str(c.run), "--limit-test", "0"],
@@ -255,7 +255,7 @@ CLI_CASES = [
      "cannot tell the format of"),
     ("CLI value", "`predict --show-preprocessed` under a file", lambda c: [
         "predict", str(c.run), c.file("one.png", digit_png()), "--show-preprocessed", c.file("f", b"") + "/sub"],
-     "could not write"),
+     "is a file, not a folder"),
     ("CLI value", "`serve --port 70000`", lambda c: ["serve", str(c.run), "--port", "70000"],
      "--port must be an integer from 0 to 65535, got 70000"),
     ("CLI value", "`serve --port` already taken", lambda c: ["serve", str(c.run), "--port", c.taken_port()],

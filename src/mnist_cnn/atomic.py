@@ -18,7 +18,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise MnistCnnError(f"could not write {path}: {e.strerror or e}") from e
+        raise MnistCnnError(f"could not write {path}: {_mkdir_failure(path.parent, e)}") from e
     try:
         # mkstemp makes the file 0600; give it the mode an ordinary new file (or the one it replaces) has
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
@@ -51,8 +51,17 @@ def make_dir(path: str | os.PathLike, what: str = "directory") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MnistCnnError(f"cannot make the {what} {path}: {e.strerror or e}") from None
+        raise MnistCnnError(f"cannot make the {what} {path}: {_mkdir_failure(path, e)}") from None
     return path
+
+
+def _mkdir_failure(folder: Path, error: OSError) -> str:
+    """Why `folder` could not be made: mkdir says only 'File exists' or 'Not a directory' when one of the
+    folders on the way is a file, so name that file."""
+    for part in (folder, *folder.parents):
+        if part.is_file():
+            return f"{part} is a file, not a folder"
+    return error.strerror or str(error)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

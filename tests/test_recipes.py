@@ -87,3 +87,10 @@ def test_constant_and_unknown_schedules():
     assert learning_rate("constant", 1e-3, 12345, 100, 200) == 1e-3
     with pytest.raises(MnistCnnError, match="unknown schedule"):
         learning_rate("triangle", 1e-3, 0, 1, 1)
+
+
+def test_a_recipe_with_another_model_is_refused():
+    # a recipe is tuned for its own model: applying none of it to another one, silently, would mislead
+    with pytest.raises(MnistCnnError, match="--recipe fast trains fast-cnn; give --recipe or --model keras-basic"):
+        make_config(recipe="fast", model="keras-basic")
+    assert make_config(recipe="fast", model="fast-cnn").model == "fast-cnn"

@@ -82,6 +82,8 @@ def make_config(model: str | None = None, recipe: str | None = None, **overrides
     if recipe is not None and recipe not in RECIPES:
         raise MnistCnnError(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
     named = dict(RECIPES.get(recipe, {}))
+    if model is not None and named.get("model") not in (None, model):  # a recipe is tuned for its own model
+        raise MnistCnnError(f"--recipe {recipe} trains {named['model']}; give --recipe or --model {model}, not both")
     model = model or named.pop("model", None) or TrainConfig.model
     named.pop("model", None)
     given = {k: v for k, v in overrides.items() if v is not None}

@@ -45,6 +45,7 @@ def test_train_then_evaluate(capsys, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["summary", "nope"], "error: unknown model 'nope'"),
     (["train", "--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
+    (["train", "--threads", "100000"], "error: --threads must be at most"),
     (["train", "--data", "/no/such/dir"], "/no/such/dir"),
     (["evaluate", "/no/such/run"], "error: /no/such/run is not a run directory"),
 ])

@@ -351,6 +351,9 @@ def _check_counts(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise MnistCnnError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    cores = os.cpu_count() or 1
+    if (getattr(args, "threads", None) or 0) > cores:  # more threads than cores only slows every op down
+        raise MnistCnnError(f"--threads must be at most {cores}, the number of cores here, got {args.threads}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,3 +75,12 @@ def test_piping_train_into_head_neither_prints_a_traceback_nor_loses_the_run(tmp
     assert "Traceback" not in train.stderr.read()
     assert len(json.loads((tmp_path / "r" / "history.json").read_text())) == 2
     assert (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_resume_refuses_every_train_setting_but_epochs():
+    # a new train flag must join _TRAIN_SETTINGS, or --resume would ignore it without a word
+    from mnist_cnn.cli import _TRAIN_SETTINGS, build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    flags = {a.dest for a in commands.choices["train"]._actions} - {"help", "json", "resume", "epochs"}
+    assert flags == set(_TRAIN_SETTINGS)

@@ -1,6 +1,7 @@
 """Ensembles: two copies of one model predict as the model, files round-trip exactly, the CLI writes a dir."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from mnist_cnn.ensemble import (
     load_ensemble,
     load_ensemble_model,
     load_model,
+    reuse_or_train,
     save_ensemble,
     shift_images,
     train_members,
@@ -129,3 +131,18 @@ def test_cli_ensemble_writes_a_loadable_dir(members, tmp_path, capsys):
     ens = load_ensemble(out)
     assert ens.model.tta and ens.metrics["accuracy"] == saved["accuracy"]
     assert main(["ensemble", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_a_member_folder_is_resumed_when_interrupted_and_replaced_when_its_config_changed(mnist, tmp_path):
+    config = make_config(model="keras-basic", epochs=1, limit_train=300, limit_test=100, verbose=0,
+                         out=str(tmp_path / "m"))
+    first = reuse_or_train(config, data=mnist)
+    for name in ("model.safetensors", "metrics.json"):  # as if killed after the last checkpoint
+        (tmp_path / "m" / name).unlink()
+    resumed = reuse_or_train(config, data=mnist)
+    assert resumed.metrics == first.metrics
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
+                                                   first.model.state_dict().values()))
+    other = reuse_or_train(dataclasses.replace(config, seed=1), data=mnist)  # a new seed: a new run, same folder
+    assert other.config["seed"] == 1 and len(other.history) == 1
+    assert not torch.equal(other.model.layers[0][0].weight, first.model.layers[0][0].weight)

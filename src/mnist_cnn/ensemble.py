@@ -31,7 +31,7 @@ from .data import MnistData, load_mnist, split_validation
 from .errors import MnistCnnError
 from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
-from .runs import Run, fill_weights, load_run, load_tensors, read_json, save_tensors
+from .runs import Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_json, save_tensors
 from .spec import parse_spec
 
 ENSEMBLE_FILE = "ensemble.safetensors"
@@ -300,13 +300,16 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[[str], None] = print) -> Run:
-    """The finished run in config.out if it was trained with this very config, else a fresh training."""
-    out = Path(config.out) if config.out else None
-    if out is not None and (out / "metrics.json").exists() and (out / "model.safetensors").exists():
-        saved = read_json(out / "config.json", {})
-        if _comparable(saved) == _comparable(config.to_dict()):
-            log(f"reusing finished run {out}")
-            return load_run(out)
+    """The run in config.out if it was trained with this very config (resumed if it was interrupted), else a fresh
+    training there: the folder belongs to the ensemble or experiment, so an older config's run is replaced."""
     from .train import train  # training is only needed here; keep `import ensemble` light
 
-    return train(config, data, log=log)
+    out = Path(config.out) if config.out else None
+    if out is not None and (out / "config.json").exists():
+        if _comparable(read_json(out / "config.json", {})) == _comparable(config.to_dict()):
+            if (out / "metrics.json").exists() and (out / "model.safetensors").exists():
+                log(f"reusing finished run {out}")
+                return load_run(out)
+            if checkpoint_paths(out):
+                return train(config, data, resume=out, log=log)
+    return train(config, data, overwrite=True, log=log)

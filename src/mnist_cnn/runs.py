@@ -176,6 +176,18 @@ def _checked_history(path: Path) -> list[dict[str, Any]]:
     return history
 
 
+RUN_FILES = ("model.safetensors", "best.safetensors", "metrics.json", "history.json", "history.csv", "config.json",
+             "spec.json")
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Delete a run's own files and checkpoints from run_dir, and nothing else that may be there."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for path in checkpoint_paths(run_dir):
+        path.unlink(missing_ok=True)
+
+
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_json(run_dir / "history.json", history)
     columns = list(dict.fromkeys(k for row in history for k in row))

@@ -31,7 +31,8 @@ from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, loss_and_accuracy, predict_logits
 from .models import build_model, default_memory_format
 from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, learning_rate, make_optimizer
-from .runs import Run, latest_checkpoint, load_weights, read_json, save_checkpoint, save_weights, write_history
+from .runs import (Run, latest_checkpoint, load_weights, read_json, remove_run_files, save_checkpoint, save_weights,
+                   write_history)
 from .zoo import RECIPES, get_spec, recipe_for
 
 
@@ -219,8 +220,11 @@ def _epochs(n: int) -> str:
 
 
 def train(config: TrainConfig | None = None, data: MnistData | None = None, *, resume: str | Path | None = None,
-          log: Callable[[str], None] = print) -> Run:
-    """Train a model (like Keras's fit), write its run directory, evaluate once on the test set."""
+          overwrite: bool = False, log: Callable[[str], None] = print) -> Run:
+    """Train a model (like Keras's fit), write its run directory, evaluate once on the test set.
+
+    A run directory that already holds a run is refused unless `overwrite`, which first removes that run's files.
+    """
     checkpoint: tuple[dict, dict] | None = None
     if resume is not None:
         out = Path(resume)
@@ -281,7 +285,7 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     steps_per_epoch = -(-n // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     out = Path(config.out or _default_out(config.model))
-    if resume is None and ((out / "config.json").exists() or (out / "checkpoints").exists()):
+    if resume is None and not overwrite and ((out / "config.json").exists() or (out / "checkpoints").exists()):
         raise MnistCnnError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
     history: list[dict[str, Any]] = []
     step, best, waited = 0, None, 0
@@ -307,6 +311,8 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
 
         train_model = DistributedDataParallel(model)
     if is_main:
+        if overwrite and resume is None:  # none of the old run may mix with the new one: checkpoints, best, model
+            remove_run_files(out)
         make_dir(out, "run directory")
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "spec.json", spec.to_dict())

@@ -238,6 +238,9 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
         config, checkpoint = saved, latest_checkpoint(out, warn=log)
     config = config or make_config()
     validate(config)
+    out = Path(config.out or _default_out(config.model))
+    if resume is None and not overwrite and ((out / "config.json").exists() or (out / "checkpoints").exists()):
+        raise MnistCnnError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
 
     # ---- processes, threads, device ----
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -284,9 +287,6 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     augment = Augment.from_dict(config.augment) if config.augment else None
     steps_per_epoch = -(-n // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    out = Path(config.out or _default_out(config.model))
-    if resume is None and not overwrite and ((out / "config.json").exists() or (out / "checkpoints").exists()):
-        raise MnistCnnError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
     history: list[dict[str, Any]] = []
     step, best, waited = 0, None, 0
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, seen in this epoch

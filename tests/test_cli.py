@@ -84,3 +84,24 @@ def test_resume_refuses_every_train_setting_but_epochs():
     commands = next(a for a in build_parser()._actions if a.dest == "command")
     flags = {a.dest for a in commands.choices["train"]._actions} - {"help", "json", "resume", "epochs"}
     assert flags == set(_TRAIN_SETTINGS)
+
+
+def test_resume_refuses_a_setting_given_as_zero(capsys, tmp_path):
+    run = str(tmp_path / "r")
+    assert run_cli(capsys, "train", "--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--seed", "7",
+                   "--out", run)[0] == 0
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--seed", "0", "--epochs", "2")
+    assert code == 2 and "only --epochs may be given with it, got --seed" in err  # 0 == False must not hide it
+
+
+def test_json_output_is_strict_json_even_for_nan(capsys):
+    from mnist_cnn.cli import _print_json
+
+    _print_json({"test_loss": float("nan"), "history": [{"val_loss": float("inf")}, {"val_loss": 0.5}]})
+    line = capsys.readouterr().out
+
+    def refuse(word):
+        raise ValueError(f"not strict JSON: {word}")
+
+    assert json.loads(line, parse_constant=refuse) == {"test_loss": None, "history": [{"val_loss": None},
+                                                                                        {"val_loss": 0.5}]}

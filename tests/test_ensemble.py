@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +132,28 @@ def test_cli_ensemble_writes_a_loadable_dir(members, tmp_path, capsys):
     ens = load_ensemble(out)
     assert ens.model.tta and ens.metrics["accuracy"] == saved["accuracy"]
     assert main(["ensemble", "--out", str(tmp_path / "none")]) == 2
+    # an ensemble is not a run, and a run's folder is not an ensemble's --out
+    assert main(["evaluate", str(out)]) == 2
+    assert "is an ensemble directory, not a run directory" in capsys.readouterr().err
+    assert main(["ensemble", str(runs[0].path), "--out", str(runs[1].path), "--limit-test", "100"]) == 2
+    assert "holds a training run; write the ensemble to another --out" in capsys.readouterr().err
+    assert (runs[1].path / "model.safetensors").exists() and "kind" not in json.loads(
+        (runs[1].path / "config.json").read_text())
+
+
+def test_cli_ensemble_refuses_runs_of_different_data_and_records_the_members_data(members, mnist, tmp_path, capsys):
+    _, _, runs = members
+    np.savez(tmp_path / "small.npz", x_train=mnist.x_train[:300].numpy(), y_train=mnist.y_train[:300].numpy(),
+             x_test=mnist.x_test[:100].numpy(), y_test=mnist.y_test[:100].numpy())
+    other = tmp_path / "other"
+    assert main(["train", "--data", str(tmp_path / "small.npz"), "--epochs", "1", "--out", str(other)]) == 0
+    assert main(["ensemble", str(runs[0].path), str(other), "--out", str(tmp_path / "mixed")]) == 2
+    assert "the runs were trained on different data" in capsys.readouterr().err
+    # a member trained beside a given run takes that run's data, and says so in its config
+    assert main(["ensemble", str(other), "--train", "1", "--model", "keras-basic", "--epochs", "1",
+                 "--out", str(tmp_path / "ens")]) == 0
+    member = json.loads((tmp_path / "ens" / "members" / "seed-0" / "config.json").read_text())
+    assert member["data"] == str(tmp_path / "small.npz")
 
 
 def test_a_member_folder_is_resumed_when_interrupted_and_replaced_when_its_config_changed(mnist, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, Callable, TextIO
@@ -22,7 +23,18 @@ def command(fn: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Names
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, default=str))
+    print(json.dumps(_finite(obj), default=str, allow_nan=False))
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinity as null: strict JSON parsers (JavaScript's, for one) refuse the bare words."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 @command
@@ -91,7 +103,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     log = _log_to(sys.stderr if args.json else sys.stdout)
     if args.resume:
         # the run's saved settings define it; only its length may change
-        given = [name for name in _TRAIN_SETTINGS if getattr(args, name) not in (None, False)]
+        # `is`, not `in (None, False)`: 0 == False, and --seed 0 is a given setting
+        given = [name for name in _TRAIN_SETTINGS if (value := getattr(args, name)) is not None and value is not False]
         if given:
             raise MnistCnnError(f"--resume continues {args.resume} with its saved settings; only --epochs may be "
                                 f"given with it, got --{given[0].replace('_', '-')}")
@@ -151,14 +164,19 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     from .ensemble import evaluate_ensemble, train_members, write_ensemble
     from .runs import load_run
 
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    log = _log_to(sys.stderr if args.json else sys.stdout)
     runs = [load_run(d) for d in args.run_dirs]
-    data = load_mnist(args.data or (runs[0].config.get("data") if runs else None))
+    sources = {run.config.get("data") for run in runs}
+    if len(sources) > 1 and not args.data:  # members of one ensemble answer the same question
+        raise MnistCnnError(f"the runs were trained on different data ({', '.join(map(str, sources))}); "
+                            f"ensemble runs of one data set, or name the test data with --data")
+    data_path = args.data or (runs[0].config.get("data") if runs else None)
+    data = load_mnist(data_path)
     if args.train:
         from .train import make_config
 
         recipe = args.recipe or (None if args.model else "best")
-        config = make_config(model=args.model, recipe=recipe, data=args.data, epochs=args.epochs, seed=args.seed,
+        config = make_config(model=args.model, recipe=recipe, data=data_path, epochs=args.epochs, seed=args.seed,
                              limit_train=args.limit_train, limit_test=args.limit_test, val_size=args.val_size,
                              precision=args.precision, threads=args.threads, device=args.device)
         runs += train_members(config, args.train, data=data, out=args.out, log=log)
@@ -175,7 +193,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
 def cmd_experiment(args: argparse.Namespace) -> None:
     from .experiments import load_grid, run_grid, summary_json
 
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    log = _log_to(sys.stderr if args.json else sys.stdout)
     grid = load_grid(args.grid_file)
     overrides = {"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test,
                  "data": args.data, "precision": args.precision, "threads": args.threads, "device": args.device}

@@ -267,6 +267,10 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
 
 def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[str, Any]) -> Path:
     """The ensemble directory: ensemble.safetensors + metrics.json + config.json (its members)."""
+    out = Path(out)
+    existing = read_json(out / "config.json", {})
+    if existing and existing.get("kind") != "ensemble":  # a training run lives there
+        raise MnistCnnError(f"{out} holds a training run; write the ensemble to another --out")
     out = make_dir(out)
     save_ensemble(out, model)
     atomic_write_json(out / "metrics.json", metrics)

@@ -157,6 +157,9 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     """Open a run directory (or a bare model.safetensors file) for evaluation, prediction or export."""
     path = Path(run_dir)
     weights = path if path.is_file() else path / "model.safetensors"
+    if (path / "ensemble.safetensors").exists():
+        raise MnistCnnError(f"{path} is an ensemble directory, not a run directory; its config.json lists its "
+                            f"members' run directories")
     if not weights.exists():
         raise MnistCnnError(f"{path} is not a run directory: {weights.name} not found (train one with "
                             f"`mnist-cnn train --out {path}`)")

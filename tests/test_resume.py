@@ -108,6 +108,19 @@ def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 
 
+def test_ctrl_c_during_the_final_evaluation_lets_it_finish(mnist, tmp_path, monkeypatch):
+    training = sys.modules["mnist_cnn.train"]  # the module: `mnist_cnn.train` is also the function
+
+    def interrupted_evaluate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    evaluate = training.evaluate
+    monkeypatch.setattr(training, "evaluate", interrupted_evaluate)
+    run = train(make_config(epochs=1, limit_train=256, limit_test=64, out=str(tmp_path), verbose=0), mnist)
+    assert run.metrics["accuracy"] == json.loads((tmp_path / "metrics.json").read_text())["accuracy"]
+
+
 def test_resume_refuses_fewer_epochs_than_trained_and_a_new_run_refuses_the_folder(mnist, tmp_path):
     config = make_config(epochs=2, limit_train=256, limit_test=64, batch_size=64, out=str(tmp_path), verbose=0)
     train(config, mnist)

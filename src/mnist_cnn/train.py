@@ -224,7 +224,18 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     """Train a model (like Keras's fit), write its run directory, evaluate once on the test set.
 
     A run directory that already holds a run is refused unless `overwrite`, which first removes that run's files.
+    Ctrl-C or a scheduler's SIGTERM ends the step first, so the checkpoint it leaves is consistent; one that comes
+    during the final evaluation lets it finish.
     """
+    stop_requested, restore_signals = _stop_between_steps(enabled=int(os.environ.get("WORLD_SIZE", "1")) == 1)
+    try:
+        return _train(config, data, resume, overwrite, log, stop_requested)
+    finally:
+        restore_signals()
+
+
+def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Path | None, overwrite: bool,
+           log: Callable[[str], None], stop_requested: list[int]) -> Run:
     checkpoint: tuple[dict, dict] | None = None
     if resume is not None:
         out = Path(resume)
@@ -341,8 +352,6 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     show_bar = is_main and config.verbose and sys.stdout.isatty()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     stop = False
-    # Ctrl-C or a scheduler's SIGTERM ends the step first, so the checkpoint it leaves is consistent
-    stop_requested, restore_signals = _stop_between_steps(enabled=world == 1)
     try:
         while step < total_steps and not stop:
             epoch = step // steps_per_epoch
@@ -420,8 +429,6 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     except KeyboardInterrupt:  # mid-step, so no checkpoint now: the newest one on disk is consistent
         raise TrainingInterrupted(f"interrupted during step {step}; continue from the newest checkpoint in "
                                   f"{out / 'checkpoints'} with: mnist-cnn train --resume {out}") from None
-    finally:
-        restore_signals()
 
     # ---- final weights, then the test set, once ----
     final = ema.model if ema else model

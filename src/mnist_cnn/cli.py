@@ -87,9 +87,14 @@ def _log_to(stream: TextIO) -> Callable[[str], None]:
         try:
             print(message, file=stream, flush=True)
         except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            _silence(stream)
 
     return log
+
+
+def _silence(stream: TextIO) -> None:
+    """Point `stream` at /dev/null, so that later writes and the flush at exit cannot fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 @command
@@ -170,7 +175,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     if len(sources) > 1 and not args.data:  # members of one ensemble answer the same question
         raise MnistCnnError(f"the runs were trained on different data ({', '.join(map(str, sources))}); "
                             f"ensemble runs of one data set, or name the test data with --data")
-    data_path = args.data or (runs[0].config.get("data") if runs else None)
+    data_path = args.data or next(iter(sources), None)
     data = load_mnist(data_path)
     if args.train:
         from .train import make_config
@@ -392,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of our output has gone (`| head`): no traceback, as `cat` would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        _silence(sys.stdout)
         return 141
     return 0
 

@@ -31,10 +31,9 @@ from .data import MnistData, load_mnist, split_validation
 from .errors import MnistCnnError
 from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
-from .runs import Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_json, save_tensors
+from .runs import ENSEMBLE_FILE, Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_json, save_tensors
 from .spec import parse_spec
 
-ENSEMBLE_FILE = "ensemble.safetensors"
 # (dx, dy) in pixels: the image itself and one-pixel shifts in the four directions
 DEFAULT_SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 
@@ -283,8 +282,8 @@ def train_members(config: Any, n: int, *, data: MnistData | None = None, out: st
                   seeds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> list[Run]:
     """Train n members from one TrainConfig with seeds config.seed, config.seed + 1, ...
 
-    Member k goes to OUT/seed-{seed}; a member whose directory already holds a finished run of the same
-    config (metrics.json written) is loaded instead of trained again, so an interrupted call can be rerun.
+    Member k goes to OUT/seed-{seed}, through `reuse_or_train`: a finished run of the same config is loaded and an
+    interrupted one resumed, so an interrupted call can be rerun.
     """
     if not isinstance(n, int) or n < 1:
         raise MnistCnnError(f"number of ensemble members must be a positive integer, got {n!r}")

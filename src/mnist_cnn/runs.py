@@ -33,6 +33,7 @@ from .spec import ModelSpec, parse_spec
 M = TypeVar("M", bound=torch.nn.Module)
 
 FORMAT = "mnist-cnn/1"
+ENSEMBLE_FILE = "ensemble.safetensors"  # what marks an ensemble directory (mnist_cnn.ensemble)
 #: Files named like PyTorch/pickle/Keras weights, or starting like a pickle or torch.save's zip, are refused unless
 #: they hold safetensors: unpickling runs whatever code the file's author put in it. We read safetensors + JSON only.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".h5", ".hdf5", ".keras")
@@ -157,7 +158,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     """Open a run directory (or a bare model.safetensors file) for evaluation, prediction or export."""
     path = Path(run_dir)
     weights = path if path.is_file() else path / "model.safetensors"
-    if (path / "ensemble.safetensors").exists():
+    if (path / ENSEMBLE_FILE).exists():
         raise MnistCnnError(f"{path} is an ensemble directory, not a run directory; its config.json lists its "
                             f"members' run directories")
     if not weights.exists():

@@ -66,16 +66,18 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, signum, status):
+    # the exit status is the shell's 128 + signal, so a scheduler sees that its SIGTERM stopped the run
     run = cli(*ARGS, "--out", str(tmp_path / "r"))
     deadline = time.time() + 120
     while not checkpoint_paths(tmp_path / "r") and time.time() < deadline:
         time.sleep(0.05)
-    run.send_signal(signal.SIGINT)
+    run.send_signal(signum)
     _, err = run.communicate(timeout=60)
     if run.returncode == 0:
-        pytest.skip("the run finished before Ctrl-C landed")
-    assert run.returncode == 130
+        pytest.skip("the run finished before the signal landed")
+    assert run.returncode == status
     assert f"mnist-cnn train --resume {tmp_path / 'r'}" in err and "Traceback" not in err
 
 

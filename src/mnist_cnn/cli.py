@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # one line, even for a path with a newline
-        return 130 if isinstance(e, TrainingInterrupted) else 2
+        return 128 + e.signum if isinstance(e, TrainingInterrupted) else 2  # the shell's 130 (Ctrl-C) or 143 (SIGTERM)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -207,9 +207,9 @@ def _stop_between_steps(enabled: bool) -> tuple[list[int], Callable[[], None]]:
         return received, lambda: None
 
     def note(signum: int, frame: object) -> None:
-        if received:
-            raise KeyboardInterrupt
         received.append(signum)
+        if len(received) > 1:
+            raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
     return received, lambda: [signal.signal(s, handler) for s, handler in previous.items()]
@@ -425,10 +425,11 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
                 raise _StopRequested
     except _StopRequested:
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {out / 'checkpoints'}; "
-                                  f"continue with: mnist-cnn train --resume {out}") from None
+                                  f"continue with: mnist-cnn train --resume {out}", stop_requested[0]) from None
     except KeyboardInterrupt:  # mid-step, so no checkpoint now: the newest one on disk is consistent
         raise TrainingInterrupted(f"interrupted during step {step}; continue from the newest checkpoint in "
-                                  f"{out / 'checkpoints'} with: mnist-cnn train --resume {out}") from None
+                                  f"{out / 'checkpoints'} with: mnist-cnn train --resume {out}",
+                                  stop_requested[-1] if stop_requested else signal.SIGINT) from None
 
     # ---- final weights, then the test set, once ----
     final = ema.model if ema else model

@@ -1,9 +1,16 @@
 """Every named model: exact Keras parameter counts, output shapes, gradients everywhere, Keras-style summary."""
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 
 from mnist_cnn import MODELS, build_model, count_params, get_spec, layer_table, summary
+from mnist_cnn.data import to_float
+from mnist_cnn.explain import feature_maps, saliency
+from mnist_cnn.export import export_model
+from mnist_cnn.predict import predict_arrays
 
 # (total, non-trainable) as Keras's model.summary() prints them
 KERAS_PARAMS = {
@@ -70,6 +77,21 @@ def test_softmax_is_applied_by_predict_proba_not_forward():
     assert torch.allclose(probs.sum(1), torch.ones(3))
     assert torch.allclose(probs, torch.softmax(model(x), 1))
     assert torch.allclose(model.forward_features(x)[-1], probs, atol=1e-6)
+
+
+def test_predicting_explaining_and_exporting_a_model_in_training_mode(tmp_path):
+    # like Keras's predict: BatchNorm's running statistics and no dropout, and the caller's model stays in its mode
+    model = build_model(get_spec("keras-bn"))  # a new module is in training mode
+    images = torch.randint(0, 256, (4, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = torch.softmax(copy.deepcopy(model).eval()(to_float(images)), 1)
+    assert torch.allclose(model.predict_proba(to_float(images)), expected, atol=1e-6)
+    predicted = np.array([r["probabilities"] for r in predict_arrays(model, images.numpy())])
+    assert np.allclose(predicted, expected.numpy(), atol=1e-6)
+    feature_maps(model, images[0])
+    saliency(model, images[0])
+    export_model(model, None, tmp_path / "model.safetensors")
+    assert model.training
 
 
 def test_keras_initialisers():

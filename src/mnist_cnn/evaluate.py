@@ -10,23 +10,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import to_float
+from .models import device_of, evaluating
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits for images x (uint8 [N,28,28] or float [N,1,28,28]), batch by batch, in eval mode."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     # on CPU, batches of 128 stay in cache: keras-basic 40,000 images/s against 11,000 in batches of 1,000
     batch_size = batch_size or (128 if device.type == "cpu" else 1000)
     memory_format = getattr(model, "memory_format", torch.contiguous_format)
     chunks = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device)
-        xb = to_float(xb) if xb.dtype == torch.uint8 else xb
-        chunks.append(model(xb.contiguous(memory_format=memory_format)).float())
-    model.train(was_training)
+    with evaluating(model):
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            xb = to_float(xb) if xb.dtype == torch.uint8 else xb
+            chunks.append(model(xb.contiguous(memory_format=memory_format)).float())
     return torch.cat(chunks) if chunks else torch.empty(0, 10)
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .atomic import atomic_write_bytes
 from .data import MnistData, load_mnist, to_float
 from .errors import MnistCnnError
-from .models import SpecModel, layer_table
+from .models import SpecModel, device_of, evaluating, layer_table
 from .runs import load_run
 from .spec import ModelSpec
 
@@ -214,10 +214,9 @@ def plot_filters(model: SpecModel, path: str | os.PathLike | None = None) -> byt
 def feature_maps(model: SpecModel, image: Digit) -> dict[str, np.ndarray]:
     """The output of every Conv2D layer for one digit, keyed by the summary's layer name, each in the
     summary's (H, W, C) shape (`models.layer_table`)."""
-    was_training = model.training
-    outputs = model.eval().forward_features(_as_input(image))
-    model.train(was_training)
-    return {row["name"]: out[0].permute(1, 2, 0).numpy()
+    with evaluating(model):
+        outputs = model.forward_features(_as_input(image).to(device_of(model)))
+    return {row["name"]: out[0].permute(1, 2, 0).cpu().numpy()
             for row, out in zip(layer_table(model.spec), outputs) if row["type"] == "Conv2D"}
 
 
@@ -246,13 +245,12 @@ def plot_feature_maps(model: SpecModel, image: Digit, path: str | os.PathLike | 
 
 def saliency(model: SpecModel, image: Digit) -> tuple[np.ndarray, np.ndarray]:
     """|d predicted logit / d pixel| for one digit ([28, 28]), and the class probabilities ([10])."""
-    x = _as_input(image).requires_grad_(True)
-    was_training = model.training
-    logits = model.eval()(x)
-    model.train(was_training)
+    x = _as_input(image).to(device_of(model)).requires_grad_(True)
+    with evaluating(model):
+        logits = model(x).float()
     predicted = int(logits.argmax(1))
     (grad,) = torch.autograd.grad(logits[0, predicted], x)  # only the input's gradient, none left on the weights
-    return grad[0, 0].abs().numpy(), torch.softmax(logits.detach(), 1)[0].numpy()
+    return grad[0, 0].abs().cpu().numpy(), torch.softmax(logits.detach(), 1)[0].cpu().numpy()
 
 
 def plot_saliency(model: SpecModel, image: Digit, path: str | os.PathLike | None = None,

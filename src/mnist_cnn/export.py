@@ -34,6 +34,7 @@ safetensors (the weights plus the architecture as JSON in the file's metadata)::
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -84,7 +85,7 @@ def _resolve(run_or_model: RunLike) -> tuple[SpecModel, dict[str, Any]]:
     else:
         raise MnistCnnError(f"cannot export {type(run_or_model).__name__}: expected a run directory, Run or SpecModel")
     meta = {"name": model.spec.name, "spec": model.spec.to_dict(), **meta}
-    return model.cpu().eval(), meta
+    return copy.deepcopy(model).cpu().eval(), meta  # a copy: the caller's model keeps its device and mode
 
 
 def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:

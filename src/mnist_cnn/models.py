@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -159,7 +162,24 @@ class SpecModel(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self(x).float(), dim=1)
+        """Class probabilities in eval mode whatever mode the model is in, like Keras's predict; on x's device."""
+        with evaluating(self):
+            return torch.softmax(self(x.to(device_of(self))).float(), dim=1).to(x.device)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (BatchNorm's running statistics, no dropout) inside the block; the caller's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def default_memory_format(spec: ModelSpec) -> torch.memory_format:

@@ -16,6 +16,7 @@ import torch
 from .atomic import atomic_write_bytes
 from .data import to_float
 from .errors import MnistCnnError
+from .evaluate import predict_logits
 from .models import SpecModel
 from .preprocess import load_image
 from .runs import Run, load_run
@@ -26,7 +27,7 @@ RunLike = Union[Run, SpecModel, str, "os.PathLike[str]"]
 def _model(run: RunLike) -> SpecModel:
     if isinstance(run, (str, os.PathLike)):
         run = load_run(run)
-    return (run.model if isinstance(run, Run) else run).eval()
+    return run.model if isinstance(run, Run) else run
 
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
@@ -35,9 +36,8 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
 
 
 def predict_proba(model: SpecModel, x: torch.Tensor) -> np.ndarray:
-    """Softmax probabilities [N, 10] for float input [N, 1, 28, 28], without autograd bookkeeping."""
-    with torch.inference_mode():
-        return torch.softmax(model(x).float(), dim=1).numpy()
+    """Softmax probabilities [N, 10] for float input [N, 1, 28, 28], in eval mode on the model's device."""
+    return torch.softmax(predict_logits(model, x), dim=1).cpu().numpy()
 
 
 def describe(probabilities: np.ndarray, k: int = 3) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from mnist_cnn.data import to_float
 from mnist_cnn.explain import feature_maps, saliency
 from mnist_cnn.export import export_model
 from mnist_cnn.predict import predict_arrays
+from mnist_cnn.spec import parse_spec
 
 # (total, non-trainable) as Keras's model.summary() prints them
 KERAS_PARAMS = {
@@ -92,6 +93,27 @@ def test_predicting_explaining_and_exporting_a_model_in_training_mode(tmp_path):
     saliency(model, images[0])
     export_model(model, None, tmp_path / "model.safetensors")
     assert model.training
+
+
+def test_batch_norm_keeps_keras_moving_statistics():
+    # Keras: moving = momentum * moving + (1 - momentum) * batch statistic, with the batch's biased variance
+    bn = build_model(get_spec("keras-bn")).layers[-4]  # the BatchNormalization after Dense(512)
+    assert bn.momentum == pytest.approx(0.01)
+    x = torch.randn(4, 512, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    bn.train()(x)
+    assert torch.allclose(bn.running_mean, 0.01 * x.mean(0), atol=1e-6)
+    assert torch.allclose(bn.running_var, 0.99 + 0.01 * x.var(0, correction=0), atol=1e-5)
+    assert torch.allclose(bn(x[:1]), bn.bias.expand(1, 512), atol=1e-4)  # a batch of one: normalised to zero, then beta
+
+
+def test_same_average_pooling_averages_only_the_cells_inside_the_image():
+    # Keras leaves the padding out of each window's average, so a constant image stays constant
+    pool = {"type": "AveragePooling2D", "pool_size": 3, "strides": 1, "padding": "same"}
+    model = build_model(parse_spec({"layers": [pool, {"type": "Flatten"}, {"type": "Dense", "units": 10}]}))
+    assert torch.allclose(model.forward_features(torch.ones(1, 1, 28, 28))[0], torch.ones(1, 1, 28, 28))
+    x = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    corner = model.forward_features(x)[0][0, 0, 0, 0]
+    assert torch.isclose(corner, x[0, 0, :2, :2].mean())  # the 2x2 of the 3x3 window that lies in the image
 
 
 def test_keras_initialisers():

@@ -171,3 +171,26 @@ def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(mnist, tmp_pa
     assert not list(tmp_path.rglob("*.tmp")), "a temporary file was left behind"
     _, meta = latest_checkpoint(tmp_path)
     assert meta["step"] == 2  # 128 images, batch 64: the epoch-1 checkpoint is whole
+
+
+def test_a_resumed_run_keeps_its_architecture_when_the_spec_file_changes(mnist, tmp_path):
+    spec = tmp_path / "net.toml"
+    spec.write_text(Path(SPEC).read_text())
+    options = dict(model=str(spec), epochs=1, limit_train=300, limit_test=50, verbose=0, threads=1)
+    train(make_config(**options, out=str(tmp_path / "run")), mnist)
+    full = train(make_config(**{**options, "epochs": 2}, out=str(tmp_path / "full")), mnist)
+    spec.write_text(Path(SPEC).read_text().replace("relu", "tanh"))  # the file now describes another model
+    resumed = train(make_config(epochs=2), mnist, resume=tmp_path / "run")
+    assert untimed(resumed.history) == untimed(full.history)
+    spec.unlink()  # nor does a resume need the file
+    train(make_config(epochs=3), mnist, resume=tmp_path / "run")
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_more(mnist, tmp_path):
+    options = dict(epochs=8, limit_train=1000, limit_test=100, validation_split=0.2, early_stopping=1, verbose=0,
+                   threads=1, out=str(tmp_path / "run"))
+    stopped = train(make_config(**options), mnist)
+    assert len(stopped.history) < 8
+    resumed = train(make_config(**options), mnist, resume=tmp_path / "run")
+    assert untimed(resumed.history) == untimed(stopped.history)
+    assert resumed.metrics == stopped.metrics

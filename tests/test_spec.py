@@ -62,6 +62,9 @@ def layers(*items):
     ({"layers": [{"type": "Conv2D", "filters": 8, "kernel_size": 3}]}, r"last layer must give a flat vector"),
     ({"input_shape": [28, -28, 1], "layers": [{"type": "Flatten"}]}, r"'input_shape' must be"),
     ([1, 2], r"a spec must be a table/object"),
+    # a softmax before other layers would be applied twice: by the model and by the loss / predict_proba
+    ({"layers": [{"type": "Flatten"}, {"type": "Dense", "units": 10, "activation": "softmax"}, {"type": "Dropout", "rate": 0.0}]},
+     r"layer 1 \(Dense\): softmax may only be the last layer's activation .* but 1 layer\(s\) follow it"),
 ])
 def test_bad_specs_name_the_layer_and_field(spec, message):
     with pytest.raises(MnistCnnError, match=message):

@@ -20,6 +20,12 @@ def test_keras_basic_reaches_95_percent_on_10k_images(mnist, tmp_path):
     assert run.metrics["count"] == 1_000
 
 
+def test_an_epoch_ending_in_a_batch_of_one_trains_a_batch_norm_model(mnist, tmp_path):
+    # 33 images in batches of 16 end with one image, which Keras trains on and nn.BatchNorm1d would refuse
+    run = train(quick(tmp_path, model="keras-bn", limit_train=33, limit_test=100, batch_size=16), mnist)
+    assert len(run.history) == 1 and run.metrics["count"] == 100
+
+
 def timeless(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 

@@ -63,8 +63,10 @@ def _layer_module(layer: Layer, in_shape: tuple[int, ...]) -> nn.Module:
         pool = (nn.MaxPool2d if layer.type == "MaxPooling2D" else nn.AvgPool2d)(tuple(a["pool_size"]), tuple(strides))
         if a["padding"] == "valid":
             return pool
-        fill = float("-inf") if layer.type == "MaxPooling2D" else 0.0
-        return nn.Sequential(Pad(_same_padding(a["pool_size"], strides, in_shape[:2]), fill), pool)
+        padding = _same_padding(a["pool_size"], strides, in_shape[:2])
+        if layer.type == "MaxPooling2D":
+            return nn.Sequential(Pad(padding, float("-inf")), pool)
+        return AveragePoolSame(pool, padding, in_shape[:2])
     if layer.type == "GlobalAveragePooling2D":
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     if layer.type == "Dense":
@@ -75,13 +77,48 @@ def _layer_module(layer: Layer, in_shape: tuple[int, ...]) -> nn.Module:
         return KerasReshape([int(torch.tensor(in_shape).prod())])
     if layer.type == "BatchNormalization":
         # Keras's momentum m keeps m of the old statistic; PyTorch's momentum is the new share, 1 - m
-        cls = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
-        return cls(in_shape[-1], eps=a["epsilon"], momentum=1.0 - a["momentum"])
+        return BatchNorm(in_shape[-1], eps=a["epsilon"], momentum=1.0 - a["momentum"])
     if layer.type == "Activation":
         return _ACT[a["activation"]]()
     if layer.type == "Reshape":
         return KerasReshape(a["target_shape"])
     raise AssertionError(f"spec validation let through layer type {layer.type}")
+
+
+class AveragePoolSame(nn.Module):
+    """Keras's 'same' average pooling: each window averages only its cells inside the image, not the padding."""
+
+    def __init__(self, pool: nn.AvgPool2d, padding: tuple[int, int, int, int], size: tuple[int, int]):
+        super().__init__()
+        self.pool, self.padding = pool, padding
+        inside = pool(F.pad(torch.ones(1, 1, *size), padding))  # the share of each window inside the image
+        self.register_buffer("scale", 1.0 / inside, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.pad(x, self.padding)) * self.scale
+
+
+class BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Keras's BatchNormalization over the channels of [N, C] or [N, C, H, W]. Unlike nn.BatchNorm, the moving
+    variance averages the batch's own (biased) variance, as Keras does, and a batch of one trains (its output is
+    beta) where nn.BatchNorm refuses it: a data set one image past a multiple of the batch size ends with one."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 4):
+            raise ValueError(f"BatchNorm expects [N, C] or [N, C, H, W], got {list(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        self._check_input_dim(x)
+        # the batch statistics come back with the output: invstd = 1 / sqrt(biased variance + eps)
+        y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(x, self.weight, self.bias, True,
+                                                                          self.momentum, self.eps)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(invstd.pow(-2) - self.eps, self.momentum)
+            self.num_batches_tracked.add_(1)
+        return y
 
 
 class Dropout(nn.Dropout):

@@ -191,6 +191,11 @@ def parse_spec(obj: Any, source: str = "spec") -> ModelSpec:
     if not isinstance(layers, list) or not layers:
         raise MnistCnnError(f"{source}: 'layers' must be a non-empty list of layers")
     spec = ModelSpec(name, tuple(_check_layer(i, raw, source) for i, raw in enumerate(layers)), tuple(shape))
+    for i, layer in enumerate(spec.layers[:-1]):  # the loss and predict_proba apply the output's softmax themselves
+        if layer.args.get("activation") == "softmax":
+            raise MnistCnnError(f"{source}: layer {i} ({layer.type}): softmax may only be the last layer's activation "
+                                f"(it turns the output into probabilities), but {len(spec.layers) - 1 - i} layer(s) "
+                                "follow it")
     infer_shapes(spec, source)
     return spec
 

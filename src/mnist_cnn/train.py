@@ -33,6 +33,7 @@ from .models import build_model, default_memory_format
 from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, learning_rate, make_optimizer
 from .runs import (Run, latest_checkpoint, load_weights, read_json, remove_run_files, save_checkpoint, save_weights,
                    write_history)
+from .spec import parse_spec
 from .zoo import RECIPES, get_spec, recipe_for
 
 
@@ -285,7 +286,10 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         raise MnistCnnError("no training images left after --limit-train and the validation split")
 
     # ---- model, optimiser, state ----
-    spec = get_spec(config.model, **config.model_options)
+    # a resumed run keeps the architecture it was trained with, whatever its spec file now says (or wherever it is)
+    saved_spec = read_json(out / "spec.json", {}) if resume is not None else {}
+    spec = parse_spec(saved_spec, str(out / "spec.json")) if saved_spec else get_spec(config.model,
+                                                                                     **config.model_options)
     if spec.num_classes != data.num_classes:
         raise MnistCnnError(f"model {config.model}: its last layer gives {spec.num_classes} class scores, but the "
                             f"data has {data.num_classes} classes")
@@ -351,7 +355,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         f"{', bf16 autocast' if bf16 else ''}")
     show_bar = is_main and config.verbose and sys.stdout.isatty()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    stop = False
+    stop = bool(config.early_stopping and waited >= config.early_stopping)  # a resumed run that had stopped early
     try:
         while step < total_steps and not stop:
             epoch = step // steps_per_epoch

@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import time
+import warnings
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from images import png_bomb as png_header_only
+from images import tiff_with_a_rational_strip_offset
 from PIL import Image, ImageDraw
 
 from mnist_cnn.errors import MnistCnnError
@@ -137,13 +139,16 @@ def test_any_blob_lands_centred_in_the_box(h, w, data):
     (b"", "not_an_image"),
     (encode(seven())[:300], "truncated_image"),
     (png_header_only(10_000, 5_000), "image_too_large"),  # over our limit, under Pillow's
+    (png_header_only(10_000, 10_000), "image_too_large"),  # over Pillow's warning limit too: no warning printed
+    (tiff_with_a_rational_strip_offset(), "truncated_image"),  # Pillow raises TypeError inside load()
     (png_header_only(100_000, 100_000), "image_too_large"),  # over Pillow's own bomb limit
     (encode(Image.new("L", (64, 64), 200)), "blank_image"),
 ])
 def test_bad_images_get_one_line_errors_naming_the_file(data, code, tmp_path):
     path = tmp_path / "upload.png"
     path.write_bytes(data)
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(ImageError) as info, warnings.catch_warnings():
+        warnings.simplefilter("error")  # a library warning would print a second line before ours
         load_image(path)
     assert info.value.code == code
     assert str(path) in str(info.value) and "\n" not in str(info.value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -74,28 +75,33 @@ def decode_image(source: ImageSource, *, name: str | None = None, max_pixels: in
 def _decode(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    try:
-        im = Image.open(fp, formats=FORMATS)  # reads the header only
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{label}: image dimensions too large (refused before decoding)", "image_too_large") from e
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{label}: not an image (expected PNG, JPEG, GIF, BMP, TIFF, WebP or PPM)", "not_an_image") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{label}: not a readable image ({e})", "not_an_image") from e
+    limit = f"over {max_pixels:,} pixels; refused before decoding"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit is checked below
+        try:
+            im = Image.open(fp, formats=FORMATS)  # reads the header only
+        except Image.DecompressionBombError as e:
+            raise ImageError(f"{label}: image dimensions too large ({limit})", "image_too_large") from e
+        except UnidentifiedImageError as e:
+            raise ImageError(f"{label}: not an image (expected PNG, JPEG, GIF, BMP, TIFF, WebP or PPM)",
+                             "not_an_image") from e
+        except Exception as e:  # a damaged header can make Pillow raise almost anything
+            raise ImageError(f"{label}: not a readable image ({e})", "not_an_image") from e
     w, h = im.size
     # The bomb check: the header's size decides the decoded memory, so refuse here, before load().
     if w * h > max_pixels:
-        raise ImageError(
-            f"{label}: image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} "
-            "(refused before decoding)", "image_too_large")
+        raise ImageError(f"{label}: image dimensions too large ({w}x{h}, {limit})", "image_too_large")
     try:
         if im.format == "JPEG" and max(w, h) > 2 * WORK_SIDE:
             im.draft(None, (WORK_SIDE, WORK_SIDE))  # let libjpeg decode at 1/2..1/8 scale
         im.load()
         im = ImageOps.exif_transpose(im)
-        return np.asarray(_shrink(_gray_image(im)), dtype=np.float32)
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
+    except Exception as e:  # damaged data can make Pillow's decoders raise any type (TypeError for a bad TIFF tag)
         raise ImageError(f"{label}: truncated or corrupt image data ({e})", "truncated_image") from e
+    try:
+        return np.asarray(_shrink(_gray_image(im)), dtype=np.float32)
+    except ValueError as e:  # a mode Pillow cannot convert to grayscale, such as LAB
+        raise ImageError(f"{label}: unsupported image mode {im.mode} ({e})", "not_an_image") from e
 
 
 def _gray_image(im: Image.Image) -> Image.Image:

@@ -183,6 +183,19 @@ def test_predict_on_mnist_pngs_matches_the_arrays(trained_run, mnist, tmp_path):
     assert seen.shape == (28, 28) and np.abs(seen.astype(int) - x[0]).max() <= 1
 
 
+def test_predict_arrays_takes_bytes_or_unit_floats_in_either_layout_and_refuses_the_rest(trained_run, mnist):
+    x = mnist.x_test[:4].numpy()
+    expected = [r["probabilities"] for r in predict_arrays(trained_run, x)]
+    for same in (x.astype(np.float32) / 255, x[:, None], x[..., None], x.astype(np.int64)):
+        assert np.allclose([r["probabilities"] for r in predict_arrays(trained_run, same)], expected, atol=1e-6)
+    for bad, message in [(x.astype(np.float32), r"float images must be in \[0, 1\].*divide 0..255 pixels by 255"),
+                         (np.full((28, 28), 300), r"integer images must be 0..255, got values in \[300, 300\]"),
+                         (np.full((28, 28), np.nan), r"float images must be in \[0, 1\]"),
+                         (np.zeros((3, 2, 28, 28)), r"expected images of shape \[N, 28, 28\], got \[3, 2, 28, 28\]")]:
+        with pytest.raises(MnistCnnError, match=message):
+            predict_arrays(trained_run, bad)
+
+
 def test_predict_files_text_json_and_name_clashes(trained_run, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -31,8 +31,20 @@ def _model(run: RunLike) -> SpecModel:
 
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, 28, 28] (0..255) -> float32 [N, 1, 28, 28] in [0, 1], the model's input format."""
-    return to_float(np.ascontiguousarray(images, dtype=np.uint8))
+    """[N, 28, 28] integers 0..255 or floats in [0, 1] -> float32 [N, 1, 28, 28] in [0, 1], the model's input;
+    anything else is refused rather than wrapped or truncated into other pixels."""
+    a = np.asarray(images)
+    if a.dtype.kind not in "iuf":
+        raise MnistCnnError(f"images have dtype {a.dtype}: expected integers 0..255 or floats in [0, 1]")
+    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if a.dtype.kind == "f":
+        if not (np.isfinite(a).all() and 0 <= low and high <= 1):
+            raise MnistCnnError(f"float images must be in [0, 1] (the model's input), got values in [{low:g}, "
+                                f"{high:g}]{': divide 0..255 pixels by 255' if high > 1 else ''}")
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(1)
+    if not (0 <= low and high <= 255):
+        raise MnistCnnError(f"integer images must be 0..255, got values in [{low:g}, {high:g}]")
+    return to_float(np.ascontiguousarray(a, dtype=np.uint8))
 
 
 def predict_proba(model: SpecModel, x: torch.Tensor) -> np.ndarray:
@@ -49,12 +61,17 @@ def describe(probabilities: np.ndarray, k: int = 3) -> dict[str, Any]:
 
 
 def predict_arrays(run: RunLike, images: np.ndarray) -> list[dict[str, Any]]:
-    """Predictions for MNIST-form uint8 images [N, 28, 28] (no preprocessing is applied)."""
+    """Predictions for MNIST-form images (no preprocessing is applied): [N, 28, 28], [28, 28], or with a channel
+    axis of 1 ([N, 1, 28, 28] or [N, 28, 28, 1]); integers 0..255 or floats in [0, 1]."""
     images = np.asarray(images)
     if images.ndim == 2:
         images = images[None]
+    if images.ndim == 4 and images.shape[1] == 1:  # the model's own NCHW layout
+        images = images[:, 0]
+    elif images.ndim == 4 and images.shape[3] == 1:  # Keras's NHWC
+        images = images[..., 0]
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise MnistCnnError(f"expected images of shape [N, 28, 28], got {list(images.shape)}")
+        raise MnistCnnError(f"expected images of shape [N, 28, 28], got {list(np.shape(images))}")
     return [describe(p) for p in predict_proba(_model(run), to_model_input(images))]
 
 

@@ -278,6 +278,9 @@ CLI_CASES = [
     ("image file", "missing", lambda c: ["predict", str(c.run), str(c.tmp / "nope.png")], "cannot read file"),
     # runs, weights and checkpoints: `evaluate/report/explain/predict/export/serve RUN`, `train --resume RUN`
     ("run directory", "missing", lambda c: ["evaluate", str(c.tmp / "no-run")], "is not a run directory"),
+    ("run directory", "interrupted (checkpoints, no model yet)",
+     lambda c: ["evaluate", c.run_copy(lambda run: (run / "model.safetensors").unlink())],
+     "holds an interrupted run (no model.safetensors yet); finish it with `mnist-cnn train --resume"),
     ("run directory", "weights damaged", lambda c: ["evaluate", c.run_copy(flip_byte)],
      "is damaged: its checksum does not match its contents"),
     ("run directory", "config.json not JSON", lambda c: ["evaluate", c.run_copy(replace("config.json", b"{bad"))],

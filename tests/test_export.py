@@ -64,7 +64,9 @@ def test_safetensors_reloads_and_carries_its_spec(trained_run, first_1000, tmp_p
 
     path = export_model(trained_run, None, tmp_path / "weights.safetensors")  # format from the suffix
     assert check_parity(trained_run, path, first_1000) < TOLERANCE
-    assert load_run(path).num_params == trained_run.num_params
+    (tmp_path / "metrics.json").write_text("[1, 2]")  # a project's own files beside it are not the weights' run
+    (tmp_path / "history.json").write_text('["v1"]')
+    assert load_run(path).num_params == trained_run.num_params and load_run(path).metrics == {}
     with safe_open(str(path), "pt") as f:  # readable without this package
         spec = json.loads(f.metadata()["spec"])
         keys = set(f.keys())

@@ -155,16 +155,21 @@ def read_json(path: Path, default: Any) -> Any:
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:
-    """Open a run directory (or a bare model.safetensors file) for evaluation, prediction or export."""
+    """Open a run directory (or a weights .safetensors file) for evaluation, prediction or export."""
     path = Path(run_dir)
     weights = path if path.is_file() else path / "model.safetensors"
     if (path / ENSEMBLE_FILE).exists():
         raise MnistCnnError(f"{path} is an ensemble directory, not a run directory; its config.json lists its "
                             f"members' run directories")
+    if not weights.exists() and checkpoint_paths(path):
+        raise MnistCnnError(f"{path} holds an interrupted run (no model.safetensors yet); finish it with "
+                            f"`mnist-cnn train --resume {path}`")
     if not weights.exists():
         raise MnistCnnError(f"{path} is not a run directory: {weights.name} not found (train one with "
                             f"`mnist-cnn train --out {path}`)")
     base = weights.parent
+    if weights.name != "model.safetensors":  # a weights file on its own: JSON files beside it are not its run's
+        return Run(base, load_weights(weights))
     return Run(base, load_weights(weights), read_json(base / "config.json", {}),
                _checked_history(base / "history.json"), read_json(base / "metrics.json", {}))
 

@@ -1,6 +1,8 @@
 """Training: reaches a stated accuracy on a real subset, is reproducible from a seed, saves and reloads exactly."""
 
+import importlib
 import json
+from datetime import datetime
 
 import pytest
 import torch
@@ -116,3 +118,17 @@ def test_a_relative_data_path_is_recorded_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert make_config(data="fashion.npz").data == str(tmp_path / "fashion.npz")
     assert make_config().data is None  # the bundled MNIST
+
+
+def test_runs_started_in_the_same_second_get_their_own_default_folders(mnist, tmp_path, monkeypatch):
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(importlib.import_module("mnist_cnn.train"), "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    paths = [train(quick(tmp_path, limit_train=64, limit_test=10, out=None, threads=1), mnist).path
+             for _ in range(3)]
+    assert [p.name for p in paths] == ["keras-basic-20260102-030405", "keras-basic-20260102-030405-2",
+                                       "keras-basic-20260102-030405-3"]

@@ -177,8 +177,14 @@ def _seed_dropout(device: torch.device, seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _default_out(model: str) -> str:
-    return str(Path("runs") / f"{Path(model).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+def _default_out(model: str) -> Path:
+    """runs/MODEL-YYYYmmdd-HHMMSS, then -2, -3, ... for runs started in the same second."""
+    base = Path("runs") / f"{Path(model).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
@@ -250,7 +256,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         config, checkpoint = saved, latest_checkpoint(out, warn=log)
     config = config or make_config()
     validate(config)
-    out = Path(config.out or _default_out(config.model))
+    out = Path(config.out) if config.out else _default_out(config.model)
     if resume is None and not overwrite and ((out / "config.json").exists() or (out / "checkpoints").exists()):
         raise MnistCnnError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
 
@@ -267,6 +273,10 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if not config.out:  # each rank named the run from its own clock: rank 0's name is the run's
+            names = [str(out)]
+            dist.broadcast_object_list(names, src=0)
+            out = Path(names[0])
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // local_world))
     is_main = rank == 0

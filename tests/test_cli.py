@@ -32,9 +32,9 @@ def test_train_then_evaluate(capsys, tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["run_dir"] == str(out_dir) and result["params"] == 93_322
     assert set(result["history"][0]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
-    code, out, _ = run_cli(capsys, "evaluate", str(out_dir), "--limit-test", "200", "--json")
+    code, out, _ = run_cli(capsys, "evaluate", str(out_dir), "--json")  # the run's own 200 test images
     metrics = json.loads(out.splitlines()[-1])
-    assert code == 0 and metrics["accuracy"] == result["test_accuracy"]
+    assert code == 0 and metrics["accuracy"] == result["test_accuracy"] and metrics["count"] == 200
     assert len(metrics["confusion"]) == 10 and len(metrics["per_class"]) == 10
     code, out, _ = run_cli(capsys, "evaluate", str(out_dir), "--limit-test", "200")
     assert "confusion matrix" in out and "precision" in out

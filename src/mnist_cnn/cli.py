@@ -140,7 +140,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     run = load_run(args.run_dir)
     data = load_mnist(args.data or run.config.get("data"))
-    x, y = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
+    # by default the run's own test set, as train and report measured it; --data or --limit-test choose another
+    limit = args.limit_test or (None if args.data else run.config.get("limit_test"))
+    x, y = data.x_test[:limit], data.y_test[:limit]
     metrics = evaluate(run.model, x, y)
     if args.json:
         return _print_json({"run_dir": str(run.path), "model": run.name, **metrics})
@@ -228,10 +230,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     run = load_run(args.run_dir)
     fmt = format_for(args.out, args.format)
     path = export_model(run, fmt, args.out)
-    diff = check_parity(run, path, load_mnist().x_test[:1000], fmt)
+    images = load_mnist(run.config.get("data")).x_test[:1000]  # the run's own test set
+    diff = check_parity(run, path, images, fmt)
     if args.json:
         return _print_json({"path": str(path), "format": fmt, "max_abs_diff_1000_test_images": diff})
-    print(f"wrote {path}; max abs difference from PyTorch on 1,000 test images: {diff:.2e}")
+    print(f"wrote {path}; max abs difference from PyTorch on {len(images):,} test images: {diff:.2e}")
 
 
 @command
@@ -291,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run on the test set: accuracy, per-class metrics, confusion")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data")
-    p.add_argument("--limit-test", type=int)
+    p.add_argument("--data", help="another test set (IDX folder or .npz; default: the run's own data)")
+    p.add_argument("--limit-test", type=int, help="the first N test images (default: as many as the run was tested on)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("report", help="write one self-contained HTML page about a run: summary, metrics, pictures")

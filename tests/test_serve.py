@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -106,6 +107,7 @@ ARRAY = [[0] * 28] * 28
     ({"json": {"images": [[[0.5] * 28] * 28], "value_range": "byte"}}, 422, "out_of_range"),
     ({"json": {"images": [ARRAY], "value_range": "percent"}}, 422, "bad_request"),
     ({"json": {"images": [ARRAY] * (MAX_IMAGES + 1)}}, 413, "too_many_images"),
+    ({"files": [("file", ("x.png", b"x", "image/png"))] * (MAX_IMAGES + 1)}, 413, "too_many_images"),
     ({"content": b"\0" * 1_000_001, "headers": {"content-type": "image/png"}}, 413, "body_too_large"),
     ({"content": iter([b"\0" * 400_000] * 3), "headers": {"content-type": "image/png"}}, 413, "body_too_large"),
     ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
@@ -130,6 +132,25 @@ def test_damaged_uploads_never_get_a_5xx(client, cuts, keep):
         data[where % len(data)] = value
     r = client.post("/v1/predict", files={"file": ("x.png", bytes(data[: max(1, int(len(data) * keep))]), "image/png")})
     assert r.status_code in (200, 413, 422), r.text
+
+
+def test_a_client_that_leaves_mid_upload_is_not_an_error(trained_run):
+    # Starlette's ServerErrorMiddleware re-raises what reaches the catch-all handler: uvicorn would log a traceback
+    app = create_app(trained_run)
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"",
+             "headers": [(b"content-type", b"image/png"), (b"content-length", b"1000")], "http_version": "1.1",
+             "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1234), "root_path": ""}
+    incoming = [{"type": "http.request", "body": b"\x89PNG", "more_body": True}, {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))  # raised ClientDisconnect before
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [400]
 
 
 def test_nan_in_json_is_out_of_range(client):

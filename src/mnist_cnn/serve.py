@@ -28,11 +28,12 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import MnistCnnError
@@ -216,6 +217,10 @@ def create_app(run: Union[Run, str, os.PathLike[str]], *, max_body_bytes: int = 
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return JSONResponse({"error": code, "detail": str(e.detail)}, status_code=e.status_code, headers=e.headers)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, e: ClientDisconnect) -> Response:  # no one to answer, nothing for the log
+        return Response(status_code=400)
+
     @app.exception_handler(Exception)
     async def internal_error(_: Request, e: Exception) -> JSONResponse:  # a bug: still answer in JSON
         return JSONResponse({"error": "internal_error", "detail": f"{type(e).__name__}: {e}"}, status_code=500)
@@ -234,7 +239,13 @@ def create_app(run: Union[Run, str, os.PathLike[str]], *, max_body_bytes: int = 
     async def predict(request: Request) -> dict[str, Any]:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
-            form = await request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES)
+            try:
+                form = await request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES)
+            except StarletteHTTPException as e:  # Starlette says "Too many files/fields" with a 400
+                if "Too many" not in str(e.detail):
+                    raise
+                raise ApiError("too_many_images", f"more than {MAX_IMAGES} files or fields in one request; the "
+                               f"limit is {MAX_IMAGES}") from None
             uploads = [f for f in form.getlist("file") if not isinstance(f, str)]
             if not uploads:
                 raise ApiError("missing_file", 'multipart body has no file in the field "file"')

@@ -18,6 +18,8 @@ def run_cli(capsys, *argv):
 def test_models_and_summary(capsys):
     code, out, _ = run_cli(capsys, "models")
     assert code == 0 and "keras-basic" in out and "93,322" in out
+    assert "augment rotation 8 width_shift 0.08" in out  # keras-bn's recipe augments
+    assert "  best         model deotte, optimizer adam, lr 0.002, schedule onecycle" in out  # recipes beyond models
     code, out, _ = run_cli(capsys, "summary", "keras-bn")
     assert code == 0 and "Total params: 597,738" in out
     code, out, _ = run_cli(capsys, "summary", "keras-dropout", "--kernel-size", "3", "--json")

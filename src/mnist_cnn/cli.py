@@ -40,16 +40,24 @@ def _finite(obj: Any) -> Any:
 @command
 def cmd_models(args: argparse.Namespace) -> None:
     from .models import count_params
-    from .zoo import MODELS, get_spec
+    from .zoo import MODELS, RECIPES, get_spec
 
     rows = [{"name": name, "params": count_params(get_spec(name))[0], "tutorial_accuracy": e.tutorial_accuracy,
              "recipe": e.recipe, "description": e.description} for name, e in MODELS.items()]
     if args.json:
         return _print_json(rows)
+
+    def settings(recipe: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v}" if k != "augment" else "augment " + " ".join(f"{a} {b:g}" for a, b in v.items())
+                         for k, v in recipe.items())
+
     for r in rows:
-        recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items() if k != "augment")
-        print(f"{r['name']:<14} {r['params']:>9,} params  tutorial {r['tutorial_accuracy']:<12} {recipe}")
+        print(f"{r['name']:<14} {r['params']:>9,} params  tutorial {r['tutorial_accuracy']:<12} {settings(r['recipe'])}")
         print(f"{'':<14} {r['description']}")
+    print("\nrecipes (train --recipe NAME; each model's name is also the recipe above):")
+    for name, recipe in RECIPES.items():
+        if name not in MODELS:
+            print(f"  {name:<12} {settings(recipe)}")
 
 
 @command

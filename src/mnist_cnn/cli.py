@@ -52,7 +52,8 @@ def cmd_models(args: argparse.Namespace) -> None:
                          for k, v in recipe.items())
 
     for r in rows:
-        print(f"{r['name']:<14} {r['params']:>9,} params  tutorial {r['tutorial_accuracy']:<12} {settings(r['recipe'])}")
+        tutorial = r["tutorial_accuracy"]
+        print(f"{r['name']:<14} {r['params']:>9,} params  tutorial {tutorial:<12} {settings(r['recipe'])}")
         print(f"{'':<14} {r['description']}")
     print("\nrecipes (train --recipe NAME; each model's name is also the recipe above):")
     for name, recipe in RECIPES.items():

@@ -37,6 +37,7 @@ def test_train_then_evaluate(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "evaluate", str(out_dir), "--json")  # the run's own 200 test images
     metrics = json.loads(out.splitlines()[-1])
     assert code == 0 and metrics["accuracy"] == result["test_accuracy"] and metrics["count"] == 200
+    assert metrics["accuracy"] == (200 - metrics["errors"]) / 200  # exactly: 0.895, not float32's 0.89499998
     assert len(metrics["confusion"]) == 10 and len(metrics["per_class"]) == 10
     code, out, _ = run_cli(capsys, "evaluate", str(out_dir), "--limit-test", "200")
     assert "confusion matrix" in out and "precision" in out

@@ -207,6 +207,8 @@ def test_predict_files_text_json_and_name_clashes(trained_run, tmp_path):
     text = format_predictions(results)
     assert len(text.splitlines()) == 2 and "top-3:" in text and "%" in text
     json.dumps(results)  # JSON-ready as it is
+    assert [r["file"] for r in predict_files(trained_run, str(tmp_path / "a" / "digit.png"))] == [
+        str(tmp_path / "a" / "digit.png")]  # one path, not a list: the file, not its name's characters
     with pytest.raises(MnistCnnError, match="junk.png"):
         (tmp_path / "junk.png").write_bytes(b"junk")
         predict_files(trained_run, [tmp_path / "a" / "digit.png", tmp_path / "junk.png"])

@@ -116,6 +116,23 @@ def test_same_average_pooling_averages_only_the_cells_inside_the_image():
     assert torch.isclose(corner, x[0, 0, :2, :2].mean())  # the 2x2 of the 3x3 window that lies in the image
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_reordered_forward_computes_what_the_keras_layer_order_computes(name):
+    # forward() max-pools before a ReLU (fewer elements); forward_features() runs the layers as listed
+    torch.manual_seed(0)
+    model = build_model(get_spec(name))
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # training mode, but deterministic
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    fast = model(x).log_softmax(1)
+    listed = model.forward_features(x)[-1]
+    listed = listed.log() if model.softmax_output else listed.log_softmax(1)  # the listed path ends in the softmax
+    assert torch.allclose(fast, listed, atol=1e-5)
+    grads = [torch.autograd.grad(out[:, 3].sum(), list(model.parameters())) for out in (fast, listed)]
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(*grads))
+
+
 def test_keras_initialisers():
     model = build_model(get_spec("keras-basic"))
     conv = model.layers[0][0]

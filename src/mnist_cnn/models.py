@@ -152,6 +152,8 @@ def _pool_before_activation(head: list[nn.Module]) -> list[nn.Module]:
         if (isinstance(module, nn.MaxPool2d) and isinstance(prev, nn.Sequential)
                 and isinstance(prev[0], nn.Conv2d) and isinstance(prev[-1], nn.ReLU)):
             out[-1] = PoolFirst(prev, module)
+        elif isinstance(module, nn.MaxPool2d) and isinstance(prev, nn.ReLU):  # an Activation layer, as in keras-bn
+            out[-1:] = [module, prev]
         else:
             out.append(module)
     return out

@@ -159,6 +159,13 @@ def _pool_before_activation(head: list[nn.Module]) -> list[nn.Module]:
     return out
 
 
+def _relu_in_place(head: list[nn.Module]) -> list[nn.Module]:
+    """A ReLU after batch norm or max-pooling overwrites their output (their backward needs only their input):
+    one allocation less; keras-bn 12.90 against 13.41 ms a step. A new module: forward_features keeps its own."""
+    return [nn.ReLU(inplace=True) if isinstance(m, nn.ReLU) and isinstance(prev, (BatchNorm, nn.MaxPool2d)) else m
+            for prev, m in zip([None, *head], head)]
+
+
 class SpecModel(nn.Module):
     """A stack of layers built from a spec. Input: float [N, 1, 28, 28] in [0, 1]; output: logits.
 
@@ -176,7 +183,7 @@ class SpecModel(nn.Module):
         head = list(self.layers)
         if self.softmax_output:  # drop the softmax module, keep what stands before it
             head = head[:-1] if last.type == "Activation" else [*head[:-1], self.layers[-1][0]]
-        self._head = _pool_before_activation(head)
+        self._head = _relu_in_place(_pool_before_activation(head))
         reset_parameters(self)
         self.memory_format = default_memory_format(spec)
         self.to(memory_format=self.memory_format)  # converts only the 4-D conv kernels

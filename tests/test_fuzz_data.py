@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import time
 import tracemalloc
 import zipfile
 
@@ -75,19 +74,17 @@ def test_written_idx_files_read_back_and_cut_copies_are_refused(scratch, array, 
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gz"])
-def test_a_billion_image_header_in_a_small_file_is_refused_quickly_without_allocating(scratch, compress):
+def test_a_billion_image_header_in_a_small_file_is_refused_without_allocating(scratch, compress):
     content = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (10**9, 28, 28)) + bytes(84)
     path = scratch / "huge.idx"
     path.write_bytes(gzip.compress(content, mtime=0) if compress else content)
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         with pytest.raises(MnistCnnError, match="truncated"):
             read_idx(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - start < 1.0
     assert peak < 4 * 2**20  # the header asked for 784 GB
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import time
+import tracemalloc
 
 import pytest
 import torch
@@ -178,9 +178,7 @@ def test_arbitrary_bytes_in_a_spec_file_load_or_raise_mnist_cnn_error(tmp_path_f
         at = min(at, len(text))
         content = text[:at] + junk + text[at + len(junk):] if junk and at % 3 else text
     path.write_bytes(content)
-    start = time.perf_counter()
     check_spec_or_refusal(lambda: load_spec(path))
-    assert time.perf_counter() - start < 10  # never hangs
 
 
 @pytest.mark.parametrize("layers, message", [
@@ -213,7 +211,11 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     for where in ("name: *h", "input_shape: *h"):
         path = tmp_path / "bomb.yaml"
         path.write_text("\n".join([*lines, where, ""]))
-        start = time.perf_counter()
-        with pytest.raises(MnistCnnError) as info:
-            load_spec(path)
-        assert time.perf_counter() - start < 2 and len(str(info.value)) < 1000
+        tracemalloc.start()
+        try:
+            with pytest.raises(MnistCnnError) as info:
+                load_spec(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 * 2**20 and len(str(info.value)) < 1000  # the 9^9 strings were never built

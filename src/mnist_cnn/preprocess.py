@@ -88,14 +88,16 @@ def _decode(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
         except Exception as e:  # a damaged header can make Pillow raise almost anything
             raise ImageError(f"{label}: not a readable image ({e})", "not_an_image") from e
     w, h = im.size
-    # The bomb check: the header's size decides the decoded memory, so refuse here, before load().
-    if w * h > max_pixels:
-        raise ImageError(f"{label}: image dimensions too large ({w}x{h}, {limit})", "image_too_large")
     try:
         if im.format == "JPEG" and max(w, h) > 2 * WORK_SIDE:
-            im.draft(None, (WORK_SIDE, WORK_SIDE))  # let libjpeg decode at 1/2..1/8 scale
+            im.draft(None, (WORK_SIDE, WORK_SIDE))  # libjpeg decodes at 1/2..1/8 scale: a phone photo fits
+        # The bomb check: the size to decode (after a JPEG's draft) decides the memory, so refuse here, before load().
+        if im.size[0] * im.size[1] > max_pixels:
+            raise ImageError(f"{label}: image dimensions too large ({w}x{h}, {limit})", "image_too_large")
         im.load()
         im = ImageOps.exif_transpose(im)
+    except ImageError:
+        raise
     except Exception as e:  # damaged data can make Pillow's decoders raise any type (TypeError for a bad TIFF tag)
         raise ImageError(f"{label}: truncated or corrupt image data ({e})", "truncated_image") from e
     try:

@@ -44,6 +44,7 @@ def confusion_matrix(pred: torch.Tensor, y: torch.Tensor, num_classes: int = 10)
 
 
 def per_class(confusion: torch.Tensor) -> list[dict[str, float]]:
+    """Precision, recall, F1 and support per class; 0 where a ratio has nothing to count (as scikit-learn)."""
     tp = confusion.diag().double()
     support = confusion.sum(1).double()
     predicted = confusion.sum(0).double()
@@ -55,11 +56,19 @@ def per_class(confusion: torch.Tensor) -> list[dict[str, float]]:
              "support": int(support[c].item())} for c in range(len(tp))]
 
 
+def averages(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """scikit-learn's macro (each class alike) and weighted (by support) means of precision, recall and F1."""
+    total = sum(r["support"] for r in rows) or 1
+    return {"macro": {k: sum(r[k] for r in rows) / len(rows) for k in ("precision", "recall", "f1")},
+            "weighted": {k: sum(r[k] * r["support"] for r in rows) / total for k in ("precision", "recall", "f1")}}
+
+
 def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor) -> dict:
     loss, accuracy = loss_and_accuracy(logits, y)
     confusion = confusion_matrix(logits.argmax(1), y, logits.shape[1])
+    rows = per_class(confusion)
     return {"loss": loss, "accuracy": accuracy, "count": len(y), "errors": int(len(y) - confusion.diag().sum()),
-            "per_class": per_class(confusion), "confusion": confusion.tolist()}
+            "per_class": rows, **averages(rows), "confusion": confusion.tolist()}
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> dict:
@@ -71,9 +80,11 @@ def format_metrics(metrics: dict) -> str:
     """A text report: headline numbers, per-class table, confusion matrix."""
     lines = [f"test loss {metrics['loss']:.4f}  test accuracy {metrics['accuracy'] * 100:.2f}% "
              f"({metrics['count'] - metrics['errors']}/{metrics['count']})", "",
-             "class  precision  recall      f1  support"]
-    lines += [f"{r['class']:>5}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}"
+             "   class  precision  recall      f1  support"]
+    lines += [f"{r['class']:>8}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}"
               for r in metrics["per_class"]]
+    lines += [f"{name:>8}  {metrics[name]['precision']:9.4f}  {metrics[name]['recall']:6.4f}  "
+              f"{metrics[name]['f1']:6.4f}  {metrics['count']:7d}" for name in ("macro", "weighted") if name in metrics]
     n = len(metrics["confusion"])
     lines += ["", "confusion matrix (rows: true, columns: predicted)", "      " + "".join(f"{c:>6}" for c in range(n))]
     lines += [f"{t:>6}" + "".join(f"{v:>6}" for v in row) for t, row in enumerate(metrics["confusion"])]

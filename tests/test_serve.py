@@ -39,6 +39,10 @@ def client(trained_run):
     return TestClient(create_app(trained_run, max_body_bytes=1_000_000))
 
 
+def test_head_requests_for_monitors(client):
+    assert client.head("/healthz").status_code == 200 and client.head("/").status_code == 200
+
+
 def test_health_page_and_schema(client, trained_run):
     health = client.get("/healthz").json()
     assert health["status"] == "ok"

@@ -225,6 +225,11 @@ def create_app(run: Union[Run, str, os.PathLike[str]], *, max_body_bytes: int = 
     async def internal_error(_: Request, e: Exception) -> JSONResponse:  # a bug: still answer in JSON
         return JSONResponse({"error": "internal_error", "detail": f"{type(e).__name__}: {e}"}, status_code=500)
 
+    @app.head("/", include_in_schema=False)
+    @app.head("/healthz", include_in_schema=False)
+    async def head() -> Response:  # what uptime monitors send
+        return Response()
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")

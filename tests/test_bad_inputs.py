@@ -278,6 +278,9 @@ CLI_CASES = [
     ("image file", "missing", lambda c: ["predict", str(c.run), str(c.tmp / "nope.png")], "cannot read file"),
     # runs, weights and checkpoints: `evaluate/report/explain/predict/export/serve RUN`, `train --resume RUN`
     ("run directory", "missing", lambda c: ["evaluate", str(c.tmp / "no-run")], "is not a run directory"),
+    ("run directory", "an exported ONNX file", lambda c: ["predict", c.file("model.onnx", b"\x08\x07"),
+                                                         c.file("x.png", digit_png())],
+     "model.onnx is an ONNX model, which onnxruntime runs; mnist-cnn reads a run directory or its .safetensors"),
     ("run directory", "interrupted (checkpoints, no model yet)",
      lambda c: ["evaluate", c.run_copy(lambda run: (run / "model.safetensors").unlink())],
      "holds an interrupted run (no model.safetensors yet); finish it with `mnist-cnn train --resume"),

@@ -61,6 +61,9 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a file written by `save_tensors`; a damaged file gets an error naming it."""
     path = Path(path)
+    if path.suffix.lower() == ".onnx":  # an export of ours, most likely: say what is wanted instead
+        raise MnistCnnError(f"{path} is an ONNX model, which onnxruntime runs; mnist-cnn reads a run directory or "
+                            "its .safetensors weights")
     try:
         with open(path, "rb") as f:
             head = f.read(9)

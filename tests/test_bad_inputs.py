@@ -251,6 +251,9 @@ CLI_CASES = [
      "--limit-test must be a positive integer, got 0"),
     ("CLI value", "`explain --index 10000`", lambda c: ["explain", str(c.run), "--index", "10000"],
      "test index 10000 is out of range"),
+    ("CLI value", "`export --format torchscript --out model.onnx`",
+     lambda c: ["export", str(c.run), "--format", "torchscript", "--out", str(c.tmp / "model.onnx")],
+     "--format torchscript, but the suffix of"),
     ("CLI value", "`export --out model.zip`", lambda c: ["export", str(c.run), "--out", str(c.tmp / "model.zip")],
      "cannot tell the format of"),
     ("CLI value", "`predict --show-preprocessed` under a file", lambda c: [

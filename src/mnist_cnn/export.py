@@ -89,15 +89,16 @@ def _resolve(run_or_model: RunLike) -> tuple[SpecModel, dict[str, Any]]:
 
 
 def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
-    """The export format: `fmt` if given, else from the file suffix."""
-    if fmt is None:
-        fmt = SUFFIXES.get(Path(path).suffix.lower())
-        if fmt is None:
-            raise MnistCnnError(f"cannot tell the format of {path} from its suffix: use --format "
-                                f"{'|'.join(FORMATS)} or one of {', '.join(SUFFIXES)}")
-    if fmt not in FORMATS:
+    """The export format: `fmt` if given, else from the file suffix; the two must not disagree."""
+    told = SUFFIXES.get(Path(path).suffix.lower())
+    if fmt is not None and fmt not in FORMATS:
         raise MnistCnnError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    return fmt
+    if fmt is not None and told not in (None, fmt):  # a TorchScript file named .onnx would fail whoever loads it
+        raise MnistCnnError(f"--format {fmt}, but the suffix of {path} says {told}: change one of them")
+    if fmt is None and told is None:
+        raise MnistCnnError(f"cannot tell the format of {path} from its suffix: use --format "
+                            f"{'|'.join(FORMATS)} or one of {', '.join(SUFFIXES)}")
+    return fmt or told
 
 
 def export_model(run_or_model: RunLike, fmt: str | None, out_path: str | os.PathLike) -> Path:

@@ -217,7 +217,7 @@ def plot_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
 
     cells_ = results["cells"]
     labels = [c["label"].replace(" ", "\n") for c in cells_]
-    fig = Figure(figsize=(max(4.0, 1.6 * len(cells_) + 1), 4))
+    fig = Figure(figsize=(max(5.5, 1.6 * len(cells_) + 2.5), 4))  # room for the legend on the right
     ax = fig.add_subplot(1, 1, 1)
     xs = list(range(len(cells_)))
     series = [("test", "test_accuracy", -0.2)]
@@ -227,14 +227,18 @@ def plot_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
         means = [(c[key + "_mean"] or math.nan) * 100 for c in cells_]
         stds = [(c[key + "_std"] or 0) * 100 for c in cells_]
         ax.bar([x + offset for x in xs], means, width=0.4, yerr=stds, capsize=4, label=name)
-    finite = [c[k + "_mean"] * 100 for c in cells_ for _, k, _ in series if c[k + "_mean"] is not None]
-    if finite:
-        ax.set_ylim(max(0.0, min(finite) - 1.0), min(100.0, max(finite) + 0.5))
+    # the axis holds every bar's mean +- std, so no error bar runs off the plot
+    lows = [(c[k + "_mean"] - (c[k + "_std"] or 0)) * 100 for c in cells_ for _, k, _ in series
+            if c[k + "_mean"] is not None]
+    highs = [(c[k + "_mean"] + (c[k + "_std"] or 0)) * 100 for c in cells_ for _, k, _ in series
+             if c[k + "_mean"] is not None]
+    if lows:
+        ax.set_ylim(max(0.0, min(lows) - 1.0), min(100.0, max(highs) + 0.5))
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylabel("accuracy % (mean ± std)")
     ax.set_title(f"{results['name']} ({results['seeds']} seeds)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

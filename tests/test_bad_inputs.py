@@ -239,6 +239,10 @@ CLI_CASES = [
     ("CLI value", "`train --seed -1`", lambda c: ["train", "--seed", "-1"], "--seed must be an integer from 0 to 2**32 - 1"),
     ("CLI value", "`train --validation-split 1.5`", lambda c: ["train", "--validation-split", "1.5"],
      "validation_split=1.5: expected a fraction in [0, 1)"),
+    ("CLI value", "`train --model keras-dropout --limit-train 3000` (its recipe holds out 5,000)",
+     lambda c: ["train", "--model", "keras-dropout", "--limit-train", "3000", "--out", str(c.tmp / "r")],
+     "val_size=5000: expected a whole number from 0 to 2999 (3,000 training images; a model's recipe may set the "
+     "split: give --val-size or --validation-split)"),
     ("CLI value", "`train --rotation 400`", lambda c: ["train", "--rotation", "400"], "augment rotation=400.0"),
     ("CLI value", "`train --model nope`", lambda c: ["train", "--model", "nope"], "unknown model 'nope'"),
     ("CLI value", "`train --early-stopping 3` without a validation set", lambda c: ["train", "--early-stopping", "3"],

@@ -228,12 +228,10 @@ def plot_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
         stds = [(c[key + "_std"] or 0) * 100 for c in cells_]
         ax.bar([x + offset for x in xs], means, width=0.4, yerr=stds, capsize=4, label=name)
     # the axis holds every bar's mean +- std, so no error bar runs off the plot
-    lows = [(c[k + "_mean"] - (c[k + "_std"] or 0)) * 100 for c in cells_ for _, k, _ in series
-            if c[k + "_mean"] is not None]
-    highs = [(c[k + "_mean"] + (c[k + "_std"] or 0)) * 100 for c in cells_ for _, k, _ in series
+    spans = [(c[k + "_mean"] * 100, (c[k + "_std"] or 0) * 100) for c in cells_ for _, k, _ in series
              if c[k + "_mean"] is not None]
-    if lows:
-        ax.set_ylim(max(0.0, min(lows) - 1.0), min(100.0, max(highs) + 0.5))
+    if spans:
+        ax.set_ylim(max(0.0, min(m - s for m, s in spans) - 1.0), min(100.0, max(m + s for m, s in spans) + 0.5))
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylabel("accuracy % (mean ± std)")

@@ -94,8 +94,8 @@ def _unique_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-def predict_files(run: RunLike, paths: str | os.PathLike | Sequence[str | os.PathLike], show_preprocessed_dir: str | os.PathLike | None = None
-                  ) -> list[dict[str, Any]]:
+def predict_files(run: RunLike, paths: str | os.PathLike | Sequence[str | os.PathLike],
+                  show_preprocessed_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Preprocess each image file the MNIST way and predict it. Returns one dict per file:
     file, digit, probability, top3 [{digit, probability}], probabilities (ten), and `preprocessed`
     (where the 28x28 input was written, when `show_preprocessed_dir` is given)."""

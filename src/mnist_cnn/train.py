@@ -300,10 +300,9 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         raise MnistCnnError("no training images left after --limit-train and the validation split")
 
     # ---- model, optimiser, state ----
-    # a resumed run keeps the architecture it was trained with, whatever its spec file now says (or wherever it is)
-    saved_spec = read_json(out / "spec.json", {}) if resume is not None else {}
-    spec = parse_spec(saved_spec, str(out / "spec.json")) if saved_spec else get_spec(config.model,
-                                                                                     **config.model_options)
+    # a resumed run keeps the architecture its checkpoint holds, whatever its spec file now says (or wherever it is)
+    spec = (parse_spec(checkpoint[1]["spec"], str(out / "checkpoints")) if checkpoint is not None
+            else get_spec(config.model, **config.model_options))
     if spec.num_classes != data.num_classes:
         raise MnistCnnError(f"model {config.model}: its last layer gives {spec.num_classes} class scores, but the "
                             f"data has {data.num_classes} classes")

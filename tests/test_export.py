@@ -83,3 +83,15 @@ def test_export_from_a_run_directory_and_bad_formats(trained_run, tmp_path):
     with pytest.raises(MnistCnnError, match="not a run directory"):
         export_model(tmp_path / "no-such-run", "onnx", tmp_path / "x.onnx")
     assert not (tmp_path / "m.tflite").exists()
+
+
+def test_export_refuses_to_replace_the_runs_own_files(trained_run, tmp_path):
+    # exporting "into" the run folder must not clobber the weights or checkpoints it is exporting
+    before = (trained_run.path / "model.safetensors").read_bytes()
+    for target in (trained_run.path / "model.safetensors", trained_run.path / "checkpoints" / "ckpt-x.safetensors"):
+        with pytest.raises(MnistCnnError, match="one of the exported run's own files"):
+            export_model(trained_run.path, "safetensors", target)
+    assert (trained_run.path / "model.safetensors").read_bytes() == before
+    beside = export_model(trained_run, "torchscript", trained_run.path / "model.pt")  # a new file beside them is fine
+    assert beside.exists()
+    beside.unlink()  # the run is shared by other tests

@@ -51,7 +51,7 @@ from torch import nn
 from .atomic import atomic_write_bytes
 from .errors import MnistCnnError
 from .models import SpecModel
-from .runs import Run, load_run, load_weights, save_weights
+from .runs import Run, is_run_file, load_run, load_weights, save_weights
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
@@ -106,6 +106,10 @@ def export_model(run_or_model: RunLike, fmt: str | None, out_path: str | os.Path
     to `out_path` atomically, and return the path. See the module docstring for loading."""
     out = Path(out_path)
     fmt = format_for(out, fmt)
+    if isinstance(run_or_model, (str, os.PathLike)):
+        run_or_model = load_run(run_or_model)
+    if isinstance(run_or_model, Run) and is_run_file(run_or_model.path, out):
+        raise MnistCnnError(f"{out} is one of the exported run's own files; export to another path")
     model, meta = _resolve(run_or_model)
     if fmt == "safetensors":
         # The run's own weights format (checksummed; spec in metadata), so load_run() reads it back.

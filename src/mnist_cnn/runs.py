@@ -192,6 +192,12 @@ RUN_FILES = ("model.safetensors", "best.safetensors", "metrics.json", "history.j
              "spec.json")
 
 
+def is_run_file(run_dir: Path, path: Path) -> bool:
+    """Whether `path` is (or would replace) one of the run's own files or checkpoints."""
+    path, run_dir = path.resolve(), run_dir.resolve()
+    return (path.parent == run_dir and path.name in RUN_FILES) or run_dir / "checkpoints" in path.parents
+
+
 def remove_run_files(run_dir: Path) -> None:
     """Delete a run's own files and checkpoints from run_dir, and nothing else that may be there."""
     for name in RUN_FILES:

@@ -260,6 +260,8 @@ CLI_CASES = [
      "--format torchscript, but the suffix of"),
     ("CLI value", "`export --out model.zip`", lambda c: ["export", str(c.run), "--out", str(c.tmp / "model.zip")],
      "cannot tell the format of"),
+    ("CLI value", "`export RUN --out RUN/model.safetensors` (or any of the run's own files)",
+     lambda c: ["export", str(c.run), "--out", str(c.run / "model.safetensors")], "one of the exported run's own files"),
     ("CLI value", "`predict --show-preprocessed` under a file", lambda c: [
         "predict", str(c.run), c.file("one.png", digit_png()), "--show-preprocessed", c.file("f", b"") + "/sub"],
      "is a file, not a folder"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,33 @@ def test_predict_files_text_json_and_name_clashes(trained_run, tmp_path):
     with pytest.raises(MnistCnnError, match="junk.png"):
         (tmp_path / "junk.png").write_bytes(b"junk")
         predict_files(trained_run, [tmp_path / "a" / "digit.png", tmp_path / "junk.png"])
+
+
+def test_predict_takes_folders_and_goes_on_past_a_bad_file(trained_run, tmp_path, capsys):
+    from mnist_cnn.cli import main
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    (folder / "b.png").write_bytes(encode(seven()))
+    (folder / "a.JPG").write_bytes(encode(seven(), "JPEG"))
+    (folder / "notes.txt").write_text("not an image, not picked up")
+    (folder / "sub").mkdir()  # folders inside are not searched
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"junk")
+    results = predict_files(trained_run, [folder, junk], skip_unreadable=True)
+    assert [Path(r["file"]).name for r in results] == ["a.JPG", "b.png", "junk.png"]
+    assert all(r["digit"] == 7 for r in results[:2]) and "not an image" in results[2]["error"]
+    assert format_predictions(results).splitlines()[2].startswith(f"error: {junk}: not an image (expected PNG")
+    with pytest.raises(MnistCnnError, match="junk.png"):  # the library raises unless told to skip
+        predict_files(trained_run, [folder, junk])
+    with pytest.raises(MnistCnnError, match=r"empty: no image files in this folder \(looked for .png"):
+        (tmp_path / "empty").mkdir()
+        predict_files(trained_run, tmp_path / "empty")
+
+    assert main(["predict", str(trained_run.path), str(folder), str(junk), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert [r.get("digit") for r in json.loads(out.splitlines()[-1])] == [7, 7, None]
+    assert err.startswith("error: ") and "junk.png" in err and len(err.splitlines()) == 1
+    assert main(["predict", str(trained_run.path), str(junk), str(folder / "b.png"), str(junk)]) == 2
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and "b.png" in out and len(err.splitlines()) == 2

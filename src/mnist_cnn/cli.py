@@ -224,10 +224,17 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import format_predictions, predict_files
 
-    results = predict_files(args.run_dir, args.images, show_preprocessed_dir=args.show_preprocessed)
+    results = predict_files(args.run_dir, args.images, show_preprocessed_dir=args.show_preprocessed,
+                            skip_unreadable=True)
     if args.json:
-        return _print_json(results)
-    print(format_predictions(results))
+        _print_json(results)
+    elif any("error" not in r for r in results):
+        print(format_predictions([r for r in results if "error" not in r]))
+    failed = [r["error"] for r in results if "error" in r]
+    if failed:  # the readable files were predicted; a user's bad file is still exit status 2
+        for message in failed[:-1]:
+            print(f"error: {message}", file=sys.stderr)
+        raise MnistCnnError(failed[-1])
 
 
 @command
@@ -346,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p = sub.add_parser("predict", help="predict the digit in your own image files (PNG, JPEG, GIF, BMP, ...)")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders of them")
     p.add_argument("--show-preprocessed", metavar="DIR", help="write the 28x28 images the model was fed here")
     p.add_argument("--json", action="store_true")
 

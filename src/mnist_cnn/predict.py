@@ -18,7 +18,7 @@ from .data import to_float
 from .errors import MnistCnnError
 from .evaluate import predict_logits
 from .models import SpecModel
-from .preprocess import load_image
+from .preprocess import ImageError, load_image
 from .runs import Run, load_run
 
 RunLike = Union[Run, SpecModel, str, "os.PathLike[str]"]
@@ -94,33 +94,66 @@ def _unique_name(path: Path, taken: set[str]) -> str:
     return name
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
+
+
+def image_files(paths: Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+    """The paths as given, with each folder replaced by its image files (by suffix, sorted, not its subfolders)."""
+    files: list[str | os.PathLike] = []
+    for path in paths:
+        if not Path(path).is_dir():
+            files.append(path)
+            continue
+        found = sorted(f for f in Path(path).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        if not found:
+            raise MnistCnnError(f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+        files += found
+    return files
+
+
 def predict_files(run: RunLike, paths: str | os.PathLike | Sequence[str | os.PathLike],
-                  show_preprocessed_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Preprocess each image file the MNIST way and predict it. Returns one dict per file:
-    file, digit, probability, top3 [{digit, probability}], probabilities (ten), and `preprocessed`
-    (where the 28x28 input was written, when `show_preprocessed_dir` is given)."""
+                  show_preprocessed_dir: str | os.PathLike | None = None, *,
+                  skip_unreadable: bool = False) -> list[dict[str, Any]]:
+    """Preprocess each image file (folders: their image files) the MNIST way and predict it. Returns one dict per
+    file: file, digit, probability, top3 [{digit, probability}], probabilities (ten), and `preprocessed` (where
+    the 28x28 input was written, when `show_preprocessed_dir` is given). A file that is not a usable image raises
+    ImageError naming it, or with `skip_unreadable` gives {file, error} and the other files are still predicted."""
     if isinstance(paths, (str, os.PathLike)):  # one file, not its name's characters
         paths = [paths]
+    paths = image_files(paths)
     if not paths:
         raise MnistCnnError("no image files given")
     model = _model(run)
-    images = np.stack([load_image(p) for p in paths])  # raises naming the first bad file
-    results = [{"file": str(p), **describe(prob)}
-               for p, prob in zip(paths, predict_proba(model, to_model_input(images)))]
+    results, images = [], []
+    for path in paths:
+        try:
+            images.append(load_image(path))
+            results.append({"file": str(path)})
+        except ImageError as e:
+            if not skip_unreadable:
+                raise
+            results.append({"file": str(path), "error": str(e)})
+    readable = [r for r in results if "error" not in r]
+    if images:
+        for result, prob in zip(readable, predict_proba(model, to_model_input(np.stack(images)))):
+            result.update(describe(prob))
     if show_preprocessed_dir is not None:
         out_dir, taken = Path(show_preprocessed_dir), set()
-        for result, path, image in zip(results, paths, images):
-            target = out_dir / _unique_name(Path(path), taken)
+        for result, image in zip(readable, images):
+            target = out_dir / _unique_name(Path(result["file"]), taken)
             atomic_write_bytes(target, png_bytes(image))
             result["preprocessed"] = str(target)
     return results
 
 
 def format_predictions(results: Sequence[dict[str, Any]]) -> str:
-    """Text report, one line per image: `FILE: DIGIT (P%)  top-3: D P%, D P%, D P%`."""
+    """Text report, one line per image: `FILE  DIGIT (P%)  top-3: D P%, D P%, D P%` (or `error: ...`)."""
     width = max((len(str(r.get("file", ""))) for r in results), default=0)
     lines = []
     for r in results:
+        if "error" in r:  # the message names the file
+            lines.append(f"error: {r['error']}")
+            continue
         top = ", ".join(f"{t['digit']} {t['probability'] * 100:.1f}%" for t in r["top3"])
         line = f"{str(r.get('file', '')):<{width}}  {r['digit']} ({r['probability'] * 100:.1f}%)  top-3: {top}"
         if "preprocessed" in r:

@@ -150,6 +150,26 @@ def test_npz_written_by_numpy_loads(tmp_path):
     assert_same(load_mnist(tmp_path / "plain.npz"), arrays)
 
 
+def test_npz_as_a_keras_tutorial_leaves_it_loads_as_the_same_bytes(tmp_path):
+    # x / 255 as float32 with a channel axis, labels from to_categorical: the pixels are still the bytes
+    arrays = small_set()
+    one_hot = {k: np.eye(10, dtype=np.float32)[v] for k, v in arrays.items() if k[0] == "y"}
+    for images in ({k: (v / 255.0).astype(np.float32)[..., None] for k, v in arrays.items() if k[0] == "x"},
+                   {k: v[:, None].astype(np.int64) for k, v in arrays.items() if k[0] == "x"}):
+        np.savez(tmp_path / "tutorial.npz", **images, **one_hot)
+        assert_same(load_mnist(tmp_path / "tutorial.npz"), arrays)
+
+    standardised = (arrays["x_train"] / 255.0 - 0.1307) / 0.3081  # not pixels any more: refused, not guessed at
+    np.savez(tmp_path / "std.npz", **{**arrays, "x_train": standardised})
+    with pytest.raises(MnistCnnError, match=r"std\.npz\[x_train\]: images of dtype float64 with values in "
+                                            r"\[-0\.42.*are not pixels 0\.\.255 .*store the original uint8"):
+        load_mnist(tmp_path / "std.npz")
+    np.savez(tmp_path / "soft.npz", **{**arrays, "y_test": np.full((5, 10), 0.1)})
+    with pytest.raises(MnistCnnError, match=r"soft\.npz\[y_test\]: labels have shape \(5, 10\) and dtype float64, "
+                                            r"expected one integer per image \(or one-hot rows of 10\)"):
+        load_mnist(tmp_path / "soft.npz")
+
+
 # ---------------------------------------------------------------- directories of IDX files
 
 def kaggle_name(name: str) -> str:
@@ -343,11 +363,11 @@ def test_missing_files_and_folders_say_what_was_looked_for(tmp_path):
                  r"images have shape \(12, 32, 32\), expected \(N, 28, 28\)", id="32x32"),
     pytest.param(dict(x_test=np.zeros((5, 784), np.uint8)), "t10k-images",
                  r"images have shape \(5, 784\)", id="flat-images"),
-    pytest.param(dict(x_train=np.zeros((12, 28, 28), np.float32)), "train-images",
-                 r"images have dtype float32, expected uint8", id="float-images"),
-    pytest.param(dict(y_train=np.zeros((12, 1), np.uint8)), "train-labels",
-                 r"labels have shape \(12, 1\)", id="2d-labels"),
-    pytest.param(dict(y_train=np.zeros(12, np.float32)), "train-labels",
+    pytest.param(dict(x_train=np.full((12, 28, 28), 0.5, np.float32)), "train-images",
+                 r"images of dtype float32 with values in \[0\.5, 0\.5\] are not pixels", id="float-images"),
+    pytest.param(dict(y_train=np.zeros((12, 2), np.uint8)), "train-labels",
+                 r"labels have shape \(12, 2\)", id="2d-labels"),
+    pytest.param(dict(y_train=np.full(12, 0.5, np.float32)), "train-labels",
                  r"labels have shape \(12,\) and dtype float32, expected one integer per image", id="float-labels"),
     pytest.param(dict(x_test=np.zeros((0, 28, 28), np.uint8), y_test=np.zeros(0, np.uint8)), "t10k-images",
                  "holds no images", id="empty"),

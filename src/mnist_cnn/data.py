@@ -264,18 +264,46 @@ def _read_idx_dir(directory: Path) -> tuple[dict[str, Path], dict[str, np.ndarra
     return files, {key: read_idx(file) for key, file in files.items()}
 
 
+def _as_bytes(x: np.ndarray, name: str | Path) -> np.ndarray:
+    """Images as uint8 [N, 28, 28]; also takes what a Keras tutorial leaves: a channel axis of 1 (either side)
+    and pixels / 255 as floats, or any integer type, as long as the values are the same bytes."""
+    if x.ndim == 4 and (x.shape[1] == 1 or x.shape[3] == 1):
+        x = x[:, 0] if x.shape[1] == 1 else x[..., 0]
+    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+        raise MnistCnnError(f"{name}: images have shape {x.shape}, expected (N, 28, 28)")
+    if x.dtype == np.uint8 or x.dtype.kind not in "iuf" or x.size == 0:
+        return x
+    low, high = float(x.min()), float(x.max())
+    scaled = x * 255.0 if x.dtype.kind == "f" and high <= 1.0 else x
+    pixels = np.rint(scaled)
+    if not (0 <= low and pixels.max() <= 255 and np.abs(scaled - pixels).max() < 1e-3):
+        raise MnistCnnError(f"{name}: images of dtype {x.dtype} with values in [{low:g}, {high:g}] are not pixels "
+                            f"0..255 (or 0..255 / 255); store the original uint8 images")
+    return pixels.astype(np.uint8)
+
+
+def _as_class_numbers(y: np.ndarray, name: str | Path) -> np.ndarray:
+    """Labels as one integer per image; also takes one-hot rows (Keras's to_categorical) and whole floats."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    elif y.ndim == 2 and y.shape[1] == NUM_CLASSES and y.size and np.isin(y, (0, 1)).all() and (y.sum(1) == 1).all():
+        y = y.argmax(1)
+    if y.dtype.kind == "f" and y.size and np.isfinite(y).all() and (y == np.rint(y)).all():
+        y = y.astype(np.int64)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise MnistCnnError(f"{name}: labels have shape {y.shape} and dtype {y.dtype}, expected one integer per "
+                            f"image (or one-hot rows of {NUM_CLASSES})")
+    return y
+
+
 def _to_data(arrays: dict[str, np.ndarray], names: dict[str, str | Path], source: str) -> MnistData:
     """Check both splits (naming the file at fault) and wrap them as tensors."""
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         x_name, y_name = names[f"x_{split}"], names[f"y_{split}"]
-        if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
-            raise MnistCnnError(f"{x_name}: images have shape {x.shape}, expected (N, 28, 28)")
+        x = arrays[f"x_{split}"] = _as_bytes(arrays[f"x_{split}"], x_name)
+        y = arrays[f"y_{split}"] = _as_class_numbers(arrays[f"y_{split}"], y_name)
         if x.dtype != np.uint8:
             raise MnistCnnError(f"{x_name}: images have dtype {x.dtype}, expected uint8")
-        if y.ndim != 1 or y.dtype.kind not in "iu":
-            raise MnistCnnError(f"{y_name}: labels have shape {y.shape} and dtype {y.dtype}, "
-                                "expected one integer per image")
         if len(x) == 0:
             raise MnistCnnError(f"{x_name}: holds no images")
         if len(y) != len(x):

@@ -108,3 +108,29 @@ def test_json_output_is_strict_json_even_for_nan(capsys):
 
     assert json.loads(line, parse_constant=refuse) == {"test_loss": None, "history": [{"val_loss": None},
                                                                                         {"val_loss": 0.5}]}
+
+
+def test_a_run_remembers_its_data_and_says_when_it_has_moved(capsys, tmp_path, mnist):
+    # trained from Python on data loaded from a file: every command afterwards tests on that file's test set
+    from mnist_cnn.data import MnistData, load_mnist, write_npz
+    from mnist_cnn.train import make_config, train
+
+    flipped = MnistData(mnist.x_train[:600], mnist.y_train[:600], 255 - mnist.x_test[:100], mnist.y_test[:100],
+                        source="")
+    data = load_mnist(write_npz(tmp_path / "inverted.npz", flipped))
+    run = train(make_config(epochs=1, out=str(tmp_path / "run"), verbose=0), data, log=lambda _: None)
+    assert json.loads((run.path / "config.json").read_text())["data"] == str(tmp_path / "inverted.npz")
+    code, out, _ = run_cli(capsys, "evaluate", str(run.path), "--json")
+    assert code == 0 and json.loads(out.splitlines()[-1])["count"] == 100  # not the bundled 10,000
+
+    (tmp_path / "inverted.npz").rename(tmp_path / "moved.npz")
+    for argv in (["evaluate", str(run.path)], ["report", str(run.path)], ["explain", str(run.path), "--index", "0"],
+                 ["export", str(run.path), "--out", str(tmp_path / "m.pt")]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and "inverted.npz: no such file" in err and "give --data where it is now" in err, argv
+        code, out, _ = run_cli(capsys, *argv, "--data", str(tmp_path / "moved.npz"))
+        assert code == 0, argv
+
+    by_hand = train(make_config(epochs=1, out=str(tmp_path / "run2"), verbose=0), flipped, log=lambda _: None)
+    code, _, err = run_cli(capsys, "evaluate", str(by_hand.path))
+    assert code == 2 and "(data given in memory, source '')" in err and "give --data" in err

@@ -143,12 +143,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 @command
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .data import load_mnist
     from .evaluate import evaluate, format_metrics
-    from .runs import load_run
+    from .runs import load_run, run_data
 
     run = load_run(args.run_dir)
-    data = load_mnist(args.data or run.config.get("data"))
+    data = run_data(run, args.data)
     # by default the run's own test set, as train and report measured it; --data or --limit-test choose another
     limit = args.limit_test or (None if args.data else run.config.get("limit_test"))
     x, y = data.x_test[:limit], data.y_test[:limit]
@@ -161,16 +160,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 @command
 def cmd_report(args: argparse.Namespace) -> None:
+    from .data import load_mnist
     from .report import report
 
-    print(report(args.run_dir, args.out))
+    print(report(args.run_dir, args.out, data=load_mnist(args.data) if args.data else None))
 
 
 @command
 def cmd_explain(args: argparse.Namespace) -> None:
+    from .data import load_mnist
     from .explain import explain
 
-    for path in explain(args.run_dir, index=args.index, image=args.image, out_dir=args.out):
+    for path in explain(args.run_dir, index=args.index, image=args.image, out_dir=args.out,
+                        data=load_mnist(args.data) if args.data else None):
         print(path)
 
 
@@ -239,14 +241,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 @command
 def cmd_export(args: argparse.Namespace) -> None:
-    from .data import load_mnist
     from .export import check_parity, export_model, format_for
-    from .runs import load_run
+    from .runs import load_run, run_data
 
     run = load_run(args.run_dir)
     fmt = format_for(args.out, args.format)
     path = export_model(run, fmt, args.out)
-    images = load_mnist(run.config.get("data")).x_test[:1000]  # the run's own test set
+    images = run_data(run, args.data).x_test[:1000]  # the run's own test set
     diff = check_parity(run, path, images, fmt)
     if args.json:
         return _print_json({"path": str(path), "format": fmt, "max_abs_diff_1000_test_images": diff})
@@ -258,6 +259,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
     serve(args.run_dir, args.host, args.port)
+
+
+def _add_data_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="the test set (IDX folder or .npz; default: the data the run was trained on)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,13 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run on the test set: accuracy, per-class metrics, confusion")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data", help="another test set (IDX folder or .npz; default: the run's own data)")
+    _add_data_option(p)
     p.add_argument("--limit-test", type=int, help="the first N test images (default: as many as the run was tested on)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("report", help="write one self-contained HTML page about a run: summary, metrics, pictures")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE", help="the HTML file to write (default: RUN_DIR/report.html)")
+    _add_data_option(p)
 
     p = sub.add_parser("explain", help="pictures of one digit inside a run's model: feature maps, saliency")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -324,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     digit.add_argument("--index", type=int, metavar="N", help="the N-th image of the test set")
     digit.add_argument("--image", metavar="FILE", help="your own image (PNG, JPEG, ...), made MNIST-like first")
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: RUN_DIR/explain)")
+    _add_data_option(p)
     p = sub.add_parser("ensemble", help="average the softmax of several runs (or train N members), "
                        "evaluate members and ensemble, save the ensemble as one file")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="trained runs to combine")
@@ -361,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], help="default: from --out's suffix")
     p.add_argument("--out", required=True, metavar="FILE")
+    _add_data_option(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("serve", help="HTTP inference service with a drawing page at /")

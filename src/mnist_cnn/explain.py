@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_write_bytes
-from .data import MnistData, load_mnist, to_float
+from .data import MnistData, to_float
 from .errors import MnistCnnError
 from .models import SpecModel, device_of, evaluating, layer_table
-from .runs import load_run
+from .runs import Run, load_run, run_data
 from .spec import ModelSpec
 
 DPI = 100
@@ -343,7 +343,7 @@ def output_size_check(spec: ModelSpec) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- one digit, end to end
 
 def _digit(index: int | None, image: str | os.PathLike | None, data: MnistData | None,
-           config: dict[str, Any]) -> tuple[torch.Tensor, str, str]:
+           run: Run) -> tuple[torch.Tensor, str, str]:
     """The uint8 [28, 28] digit, a file-name stem and a caption, from a test index or an image file."""
     if (index is None) == (image is None):
         raise MnistCnnError("give a test-set index or an image file (one of them)")
@@ -352,7 +352,7 @@ def _digit(index: int | None, image: str | os.PathLike | None, data: MnistData |
         from .preprocess import load_image
 
         return torch.from_numpy(load_image(image)), f"image-{Path(image).stem}", Path(image).name
-    data = data or load_mnist(config.get("data"))
+    data = data or run_data(run)
     if not 0 <= index < len(data.x_test):
         raise MnistCnnError(f"test index {index} is out of range: the test set has {len(data.x_test)} images "
                             f"(0..{len(data.x_test) - 1})")
@@ -364,7 +364,7 @@ def explain(run_dir: str | os.PathLike, index: int | None = None, image: str | o
     """Pictures of one digit (test `index` or an `image` file) going through a run's model: saliency,
     the edge-filter demo and, for a convnet, feature maps. Written to out_dir (default RUN_DIR/explain)."""
     run = load_run(run_dir)
-    digit, stem, caption = _digit(index, image, data, run.config)
+    digit, stem, caption = _digit(index, image, data, run)
     out = Path(out_dir) if out_dir is not None else run.path / "explain"
     probs = run.predict_proba(to_float(digit[None]))[0]
     title = f"{caption}: predicted {int(probs.argmax())} ({float(probs.max()):.2f})"

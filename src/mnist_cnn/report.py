@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write_text
-from .data import MnistData, load_mnist, to_float
+from .data import MnistData, to_float
 from .errors import MnistCnnError
 from .evaluate import metrics_from_logits, predict_logits
 from .explain import (
@@ -33,7 +33,7 @@ from .explain import (
     plot_saliency,
 )
 from .models import count_params, layer_table
-from .runs import Run, load_run
+from .runs import Run, load_run, run_data
 
 # (id, heading): the page's sections, in order; tests check that each one is there
 SECTIONS = (
@@ -142,7 +142,7 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, 
     """Write one self-contained HTML page about a run (default RUN_DIR/report.html) and return its path.
     The test set is the run's own (its `data` and `limit_test`); test digit `index` is the one explained."""
     run = load_run(run_dir)
-    data = data or load_mnist(run.config.get("data"))
+    data = data or run_data(run)
     if not 0 <= index < len(data.x_test):
         raise MnistCnnError(f"test index {index} is out of range: the test set has {len(data.x_test)} images")
     limit = run.config.get("limit_test")

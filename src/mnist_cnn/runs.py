@@ -26,6 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .data import MnistData, load_mnist
 from .errors import MnistCnnError
 from .models import SpecModel, build_model, count_params
 from .spec import ModelSpec, parse_spec
@@ -186,6 +187,16 @@ def _checked_history(path: Path) -> list[dict[str, Any]]:
             raise MnistCnnError(f"{path}: row {i} should hold an integer epoch and numbers for loss, accuracy and "
                                 f"the rest, got {reprlib.repr(row)}")
     return history
+
+
+def run_data(run: Run, path: str | os.PathLike | None = None) -> MnistData:
+    """The data set the run was trained on (its config's `data`: None is the bundled MNIST), or `path` instead."""
+    if path is not None:
+        return load_mnist(path)
+    try:
+        return load_mnist(run.config.get("data"))
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{e}; the run {run.path} was trained on it: give --data where it is now") from None
 
 
 RUN_FILES = ("model.safetensors", "best.safetensors", "metrics.json", "history.json", "history.csv", "config.json",

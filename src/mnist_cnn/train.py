@@ -283,6 +283,10 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     say = log if is_main and config.verbose else (lambda _msg: None)
 
     # ---- data: the whole set as tensors on the device ----
+    if data is not None and config.data is None and data.source != "bundled":  # evaluate/report find it again,
+        known = data.source and Path(data.source).exists()  # or refuse instead of testing on the bundled MNIST
+        config = dataclasses.replace(config, data=str(Path(data.source).absolute()) if known else
+                                     f"(data given in memory, source {data.source!r})")
     data = data or load_mnist(config.data)
     x_all, y_all = data.x_train[:config.limit_train], data.y_train[:config.limit_train]
     try:

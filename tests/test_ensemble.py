@@ -148,7 +148,7 @@ def test_cli_ensemble_refuses_runs_of_different_data_and_records_the_members_dat
     other = tmp_path / "other"
     assert main(["train", "--data", str(tmp_path / "small.npz"), "--epochs", "1", "--out", str(other)]) == 0
     assert main(["ensemble", str(runs[0].path), str(other), "--out", str(tmp_path / "mixed")]) == 2
-    assert "the runs were trained on different data" in capsys.readouterr().err
+    assert f"the runs were trained on different data ({tmp_path / 'small.npz'}, the bundled MNIST)" in capsys.readouterr().err
     # a member trained beside a given run takes that run's data, and says so in its config
     assert main(["ensemble", str(other), "--train", "1", "--model", "keras-basic", "--epochs", "1",
                  "--out", str(tmp_path / "ens")]) == 0
@@ -169,3 +169,18 @@ def test_a_member_folder_is_resumed_when_interrupted_and_replaced_when_its_confi
     other = reuse_or_train(dataclasses.replace(config, seed=1), data=mnist)  # a new seed: a new run, same folder
     assert other.config["seed"] == 1 and len(other.history) == 1
     assert not torch.equal(other.model.layers[0][0].weight, first.model.layers[0][0].weight)
+
+
+def test_a_member_folder_is_retrained_when_its_spec_file_was_edited(mnist, tmp_path):
+    spec = tmp_path / "mlp.json"
+    spec.write_text(json.dumps({"layers": [{"type": "Flatten"}, {"type": "Dense", "units": 32, "activation": "relu"},
+                                           {"type": "Dense", "units": 10}]}))
+    config = make_config(model=str(spec), epochs=1, limit_train=300, limit_test=100, verbose=0,
+                         out=str(tmp_path / "m"), validation_split=0.0)
+    said = []
+    assert reuse_or_train(config, data=mnist, log=said.append).model.layers[1][0].out_features == 32
+    spec.write_text(spec.read_text().replace("32", "16"))  # same config, same path, another architecture
+    assert reuse_or_train(config, data=mnist, log=said.append).model.layers[1][0].out_features == 16
+    assert not any("reusing" in s for s in said)
+    reuse_or_train(config, data=mnist, log=said.append)  # unchanged since: reused
+    assert "reusing" in said[-1]

@@ -186,7 +186,8 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     runs = [load_run(d) for d in args.run_dirs]
     sources = {run.config.get("data") for run in runs}
     if len(sources) > 1 and not args.data:  # members of one ensemble answer the same question
-        raise MnistCnnError(f"the runs were trained on different data ({', '.join(map(str, sources))}); "
+        names = sorted(str(source or "the bundled MNIST") for source in sources)
+        raise MnistCnnError(f"the runs were trained on different data ({', '.join(names)}); "
                             f"ensemble runs of one data set, or name the test data with --data")
     data_path = args.data or next(iter(sources), None)
     data = load_mnist(data_path)

@@ -33,6 +33,7 @@ from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
 from .runs import ENSEMBLE_FILE, Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_json, save_tensors
 from .spec import parse_spec
+from .zoo import get_spec
 
 # (dx, dy) in pixels: the image itself and one-pixel shifts in the four directions
 DEFAULT_SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
@@ -309,7 +310,9 @@ def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[
 
     out = Path(config.out) if config.out else None
     if out is not None and (out / "config.json").exists():
-        if _comparable(read_json(out / "config.json", {})) == _comparable(config.to_dict()):
+        spec = get_spec(config.model, **config.model_options).to_dict()  # a spec file may have been edited since
+        if (_comparable(read_json(out / "config.json", {})) == _comparable(config.to_dict())
+                and read_json(out / "spec.json", {}) == spec):
             if (out / "metrics.json").exists() and (out / "model.safetensors").exists():
                 log(f"reusing finished run {out}")
                 return load_run(out)

@@ -56,6 +56,10 @@ def layers(*items):
     (layers({"type": "Conv2D", "filters": 8, "kernel_size": 3, "colour": 1}), r"layer 0 \(Conv2D\): unknown field 'colour'"),
     (layers({"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "magic"}), r"field 'activation' must be one of"),
     (layers({"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "full"}), r"field 'padding' must be 'valid' or 'same'"),
+    (layers({"filters": 8, "kernel_size": 3}), r"my.toml: layer 0 has no 'type' \(one of Conv2D, "),
+    (layers({"type": "conv2d", "filters": 8}), r"layer 0 has unknown type 'conv2d'; did you mean Conv2D\? known:"),
+    (layers({"type": "Conv2D", "filters": 8, "kernel_size": 3, "input_shape": [28, 28, 1]}),
+     r"layer 0 \(Conv2D\): 'input_shape' goes at the top level of the spec, beside 'layers'"),
     ({"layers": [{"type": "Dense", "units": 10}]}, r"layer 0 \(Dense\): needs a flat input"),
     ({"layers": [{"type": "Flatten"}, {"type": "Reshape", "target_shape": [5, 5]}]}, r"cannot reshape \(784,\)"),
     ({"layers": []}, r"'layers' must be a non-empty list"),
@@ -69,6 +73,11 @@ def layers(*items):
 def test_bad_specs_name_the_layer_and_field(spec, message):
     with pytest.raises(MnistCnnError, match=message):
         parse_spec(spec, "my.toml")
+
+
+def test_padding_is_taken_in_any_case_as_keras_does():
+    spec = parse_spec(layers({"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "SAME"}))
+    assert spec.layers[0].args["padding"] == "same" and count_params(spec)[0] == 80 + 28 * 28 * 8 * 10 + 10
 
 
 def test_bad_spec_files(tmp_path):

@@ -21,6 +21,7 @@ Shapes are Keras's (height, width, channels) without the batch axis and are neve
 
 from __future__ import annotations
 
+import difflib
 import math
 import reprlib
 from dataclasses import dataclass, field
@@ -115,12 +116,18 @@ def _check_layer(index: int, raw: Any, source: str) -> Layer:
         raise MnistCnnError(f"{source}: layer {index} must be a table/object with a 'type', got {_show(raw)}")
     kind = raw.get("type")
     kind = ALIASES.get(kind, kind) if isinstance(kind, str) else kind
+    if "type" not in raw:
+        raise MnistCnnError(f"{source}: layer {index} has no 'type' (one of {', '.join(LAYER_FIELDS)})")
     if not isinstance(kind, str) or kind not in LAYER_FIELDS:
+        close = difflib.get_close_matches(str(kind).lower(), [k.lower() for k in LAYER_FIELDS], n=1, cutoff=0.8)
+        hint = f"did you mean {next(k for k in LAYER_FIELDS if k.lower() == close[0])}? " if close else ""
         raise MnistCnnError(f"{source}: layer {index} has unknown type {_show(raw.get('type'))}; "
-                            f"known: {', '.join(LAYER_FIELDS)}")
+                            f"{hint}known: {', '.join(LAYER_FIELDS)}")
     where = f"{source}: layer {index} ({kind})"
     fields = LAYER_FIELDS[kind]
     unknown = sorted(set(raw) - set(fields) - {"type"}, key=str)  # YAML keys may be numbers
+    if unknown == ["input_shape"]:  # Keras tutorials put it on the first layer
+        raise MnistCnnError(f"{where}: 'input_shape' goes at the top level of the spec, beside 'layers'")
     if unknown:
         raise MnistCnnError(f"{where}: unknown field {_show(unknown[0])}; "
                             f"expected one of {sorted(fields) or 'none'}")
@@ -147,8 +154,9 @@ def _check_field(where: str, name: str, value: Any) -> Any:
     elif name == "strides":
         return None if value is None else list(_pair(value, where, name))
     elif name == "padding":
-        if value not in ("valid", "same"):
+        if not isinstance(value, str) or value.lower() not in ("valid", "same"):  # Keras takes "SAME" too
             raise MnistCnnError(f"{where}: field 'padding' must be 'valid' or 'same', got {_show(value)}")
+        return value.lower()
     elif name == "activation":
         if value not in ACTIVATIONS:
             raise MnistCnnError(f"{where}: field 'activation' must be one of {', '.join(ACTIVATIONS)}, "

@@ -242,3 +242,18 @@ def test_predict_takes_folders_and_goes_on_past_a_bad_file(trained_run, tmp_path
     assert main(["predict", str(trained_run.path), str(junk), str(folder / "b.png"), str(junk)]) == 2
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 1 and "b.png" in out and len(err.splitlines()) == 2
+
+
+def test_raw_predicts_28x28_files_pixel_for_pixel(trained_run, mnist, tmp_path):
+    # a set that is not white digits on black (here: inverted) must not be "prepared" into something else
+    x = 255 - mnist.x_test[:20].numpy()
+    paths = []
+    for i, image in enumerate(x):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(encode(Image.fromarray(image)))
+    raw = predict_files(trained_run, paths, raw=True)
+    assert [r["probabilities"] for r in raw] == [r["probabilities"] for r in predict_arrays(trained_run, x)]
+    big = tmp_path / "big.png"
+    big.write_bytes(encode(seven()))
+    with pytest.raises(MnistCnnError, match=r"big.png: is 300x200; a raw image must be 28x28"):
+        predict_files(trained_run, big, raw=True)

@@ -227,7 +227,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import format_predictions, predict_files
 
-    results = predict_files(args.run_dir, args.images, show_preprocessed_dir=args.show_preprocessed,
+    results = predict_files(args.run_dir, args.images, show_preprocessed_dir=args.show_preprocessed, raw=args.raw,
                             skip_unreadable=True)
     if args.json:
         _print_json(results)
@@ -363,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders of them")
     p.add_argument("--show-preprocessed", metavar="DIR", help="write the 28x28 images the model was fed here")
+    p.add_argument("--raw", action="store_true", help="feed 28x28 images as they are, without the MNIST preparation "
+                   "(inverting, cropping, centring): for sets that are not white digits on black")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("export", help="export a run's model: onnx, torchscript or safetensors")

@@ -112,11 +112,12 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
 
 
 def predict_files(run: RunLike, paths: str | os.PathLike | Sequence[str | os.PathLike],
-                  show_preprocessed_dir: str | os.PathLike | None = None, *,
+                  show_preprocessed_dir: str | os.PathLike | None = None, *, raw: bool = False,
                   skip_unreadable: bool = False) -> list[dict[str, Any]]:
     """Preprocess each image file (folders: their image files) the MNIST way and predict it. Returns one dict per
     file: file, digit, probability, top3 [{digit, probability}], probabilities (ten), and `preprocessed` (where
-    the 28x28 input was written, when `show_preprocessed_dir` is given). A file that is not a usable image raises
+    the 28x28 input was written, when `show_preprocessed_dir` is given). `raw`: 28x28 images are fed as they are,
+    without the MNIST preparation (see `preprocess.load_image`). A file that is not a usable image raises
     ImageError naming it, or with `skip_unreadable` gives {file, error} and the other files are still predicted."""
     if isinstance(paths, (str, os.PathLike)):  # one file, not its name's characters
         paths = [paths]
@@ -127,7 +128,7 @@ def predict_files(run: RunLike, paths: str | os.PathLike | Sequence[str | os.Pat
     results, images = [], []
     for path in paths:
         try:
-            images.append(load_image(path))
+            images.append(load_image(path, raw=raw))
             results.append({"file": str(path)})
         except ImageError as e:
             if not skip_unreadable:

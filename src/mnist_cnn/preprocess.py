@@ -220,14 +220,21 @@ def _paste_centred(fitted: np.ndarray) -> np.ndarray:
     return np.rint(out).astype(np.uint8)
 
 
-def load_image(source: ImageSource, *, name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Path or encoded bytes (PNG/JPEG/GIF/BMP/TIFF/WebP/PPM) -> MNIST-like uint8 [28, 28].
+def load_image(source: ImageSource, *, name: str | None = None, max_pixels: int = MAX_PIXELS,
+               raw: bool = False) -> np.ndarray:
+    """Path or encoded bytes (PNG/JPEG/GIF/BMP/TIFF/WebP/PPM) -> MNIST-like uint8 [28, 28]; with `raw`, a 28x28
+    image's grey levels as they are (for a set that is not white digits on black, such as an inverted one).
 
     Raises ImageError (a MnistCnnError) naming the file for: unreadable file, not an image,
-    too many pixels (checked from the header, before decoding), truncated data, blank image.
+    too many pixels (checked from the header, before decoding), truncated data, blank image, raw and not 28x28.
     """
     label = _describe(source, name)
-    return preprocess_array(decode_image(source, name=label, max_pixels=max_pixels), name=label)
+    gray = decode_image(source, name=label, max_pixels=max_pixels)
+    if not raw:
+        return preprocess_array(gray, name=label)
+    if gray.shape != (28, 28):
+        raise ImageError(f"{label}: is {gray.shape[1]}x{gray.shape[0]}; a raw image must be 28x28", "wrong_size")
+    return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
 
 
 def center_of_mass(img: np.ndarray) -> tuple[float, float]:

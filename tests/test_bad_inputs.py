@@ -242,7 +242,7 @@ CLI_CASES = [
     ("CLI value", "`train --model keras-dropout --limit-train 3000` (its recipe holds out 5,000)",
      lambda c: ["train", "--model", "keras-dropout", "--limit-train", "3000", "--out", str(c.tmp / "r")],
      "val_size=5000: expected a whole number from 0 to 2999 (3,000 training images; a model's recipe may set the "
-     "split: give --val-size or --validation-split)"),
+     "split: change it with train's --val-size or --validation-split"),
     ("CLI value", "`train --rotation 400`", lambda c: ["train", "--rotation", "400"], "augment rotation=400.0"),
     ("CLI value", "`train --model nope`", lambda c: ["train", "--model", "nope"], "unknown model 'nope'"),
     ("CLI value", "`train --early-stopping 3` without a validation set", lambda c: ["train", "--early-stopping", "3"],

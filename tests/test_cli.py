@@ -134,3 +134,14 @@ def test_a_run_remembers_its_data_and_says_when_it_has_moved(capsys, tmp_path, m
     by_hand = train(make_config(epochs=1, out=str(tmp_path / "run2"), verbose=0), flipped, log=lambda _: None)
     code, _, err = run_cli(capsys, "evaluate", str(by_hand.path))
     assert code == 2 and "(data given in memory, source '')" in err and "give --data" in err
+
+
+def test_version_and_a_missing_extra_get_one_line(capsys, monkeypatch, trained_run):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("mnist-cnn ")
+    monkeypatch.delitem(sys.modules, "mnist_cnn.serve", raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if installed without the 'serve' extra
+    code, _, err = run_cli(capsys, "serve", str(trained_run.path))
+    assert code == 2 and err == "error: serve needs the 'serve' extra (fastapi is not installed): pip install " \
+                               "'mnist-cnn[serve]'\n"

@@ -121,7 +121,7 @@ def test_evaluate_ensemble_reports_members_test_and_validation(members, mnist):
     assert metrics["validation"]["count"] == 200
 
 
-def test_cli_ensemble_writes_a_loadable_dir(members, tmp_path, capsys):
+def test_cli_ensemble_writes_a_loadable_dir(members, mnist, tmp_path, capsys):
     _, _, runs = members
     out = tmp_path / "ens"
     assert main(["ensemble", str(runs[0].path), str(runs[1].path), "--out", str(out), "--tta",
@@ -139,6 +139,16 @@ def test_cli_ensemble_writes_a_loadable_dir(members, tmp_path, capsys):
     assert "holds a training run; write the ensemble to another --out" in capsys.readouterr().err
     assert (runs[1].path / "model.safetensors").exists() and "kind" not in json.loads(
         (runs[1].path / "config.json").read_text())
+    # refused before training a member (not hours later, leaving it inside the other run) or evaluating one
+    (tmp_path / "afile").write_text("mine")
+    for out_dir in (runs[1].path, tmp_path / "afile"):
+        said = []
+        with pytest.raises(MnistCnnError, match="holds a training run|afile is a file, not a folder"):
+            train_members(make_config(model="keras-basic", epochs=1, limit_train=300, verbose=0), 1, data=mnist,
+                          out=out_dir, log=said.append)
+        assert not said and not (runs[1].path / "members").exists()
+    assert main(["ensemble", "--train", "1", "--out", str(tmp_path / "afile"), "--limit-train", "300"]) == 2
+    assert "afile is a file, not a folder" in capsys.readouterr().err
 
 
 def test_cli_ensemble_refuses_runs_of_different_data_and_records_the_members_data(members, mnist, tmp_path, capsys):

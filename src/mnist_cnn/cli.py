@@ -179,10 +179,11 @@ def cmd_explain(args: argparse.Namespace) -> None:
 @command
 def cmd_ensemble(args: argparse.Namespace) -> None:
     from .data import load_mnist
-    from .ensemble import evaluate_ensemble, train_members, write_ensemble
+    from .ensemble import check_ensemble_out, evaluate_ensemble, train_members, write_ensemble
     from .runs import load_run
 
     log = _log_to(sys.stderr if args.json else sys.stdout)
+    check_ensemble_out(args.out)  # before any training or evaluation, which may take hours
     runs = [load_run(d) for d in args.run_dirs]
     sources = {run.config.get("data") for run in runs}
     if len(sources) > 1 and not args.data:  # members of one ensemble answer the same question
@@ -257,8 +258,11 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 @command
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .serve import serve
-
+    try:
+        from .serve import serve
+    except ModuleNotFoundError as e:
+        raise MnistCnnError(f"serve needs the 'serve' extra ({e.name} is not installed): "
+                            "pip install 'mnist-cnn[serve]'") from None
     serve(args.run_dir, args.host, args.port)
 
 
@@ -266,10 +270,20 @@ def _add_data_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="the test set (IDX folder or .npz; default: the data the run was trained on)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mnist-cnn")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-cnn", description="Train, evaluate, explain, export and serve "
                                      "CNNs on MNIST and other 28x28 grayscale image sets.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"mnist-cnn {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the named architectures and their tutorial recipes")

@@ -265,13 +265,21 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
     return model, metrics
 
 
-def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[str, Any]) -> Path:
-    """The ensemble directory: ensemble.safetensors + metrics.json + config.json (its members)."""
+def check_ensemble_out(out: str | os.PathLike) -> Path:
+    """An ensemble directory may be new or an ensemble's; not a file, nor a training run's folder."""
     out = Path(out)
+    for path in (out, out / "members"):
+        if path.exists() and not path.is_dir():
+            raise MnistCnnError(f"{path} is a file, not a folder; write the ensemble to another --out")
     existing = read_json(out / "config.json", {})
     if existing and existing.get("kind") != "ensemble":  # a training run lives there
         raise MnistCnnError(f"{out} holds a training run; write the ensemble to another --out")
-    out = make_dir(out)
+    return out
+
+
+def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[str, Any]) -> Path:
+    """The ensemble directory: ensemble.safetensors + metrics.json + config.json (its members)."""
+    out = make_dir(check_ensemble_out(out))
     save_ensemble(out, model)
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "config.json", {"kind": "ensemble", "members": model.sources,
@@ -291,7 +299,7 @@ def train_members(config: Any, n: int, *, data: MnistData | None = None, out: st
     seeds = list(seeds) if seeds is not None else [config.seed + k for k in range(n)]
     if len(seeds) != n:
         raise MnistCnnError(f"got {len(seeds)} seeds for {n} members")
-    base = Path(out or config.out or "runs/ensemble") / "members"
+    base = check_ensemble_out(out or config.out or "runs/ensemble") / "members"
     runs = []
     for seed in seeds:
         member = dataclasses.replace(config, seed=seed, out=str(base / f"seed-{seed}"))

@@ -293,8 +293,9 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         x_tr, y_tr, x_val, y_val = split_validation(x_all, y_all, validation_split=config.validation_split,
                                                     val_size=config.val_size)
     except MnistCnnError as e:  # the split may come from a recipe the user never read: say how to change it
-        raise MnistCnnError(f"{e} ({len(x_all):,} training images; a model's recipe may set the split: give "
-                            "--val-size or --validation-split)") from None
+        raise MnistCnnError(f"{e} ({len(x_all):,} training images; a model's recipe may set the split: change it "
+                            "with train's --val-size or --validation-split, or val_size / validation_split in a grid "
+                            "file or in Python)") from None
     x_test, y_test = data.x_test[:config.limit_test], data.y_test[:config.limit_test]
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     x_tr = to_float(x_tr).to(device).contiguous(memory_format=memory_format)

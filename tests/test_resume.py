@@ -187,10 +187,13 @@ def test_a_resumed_run_keeps_its_architecture_when_the_spec_file_changes(mnist, 
 
 
 def test_resuming_a_run_that_stopped_early_trains_no_more(mnist, tmp_path):
-    options = dict(epochs=8, limit_train=1000, limit_test=100, validation_split=0.2, early_stopping=1, verbose=0,
+    options = dict(epochs=8, limit_train=1000, limit_test=100, validation_split=0.2, early_stopping=1, verbose=1,
                    threads=1, out=str(tmp_path / "run"))
-    stopped = train(make_config(**options), mnist)
+    stopped = train(make_config(**options), mnist, log=lambda _: None)
     assert len(stopped.history) < 8
-    resumed = train(make_config(**options), mnist, resume=tmp_path / "run")
+    said = []
+    resumed = train(make_config(**options), mnist, resume=tmp_path / "run", log=said.append)
+    assert said[0] == f"{tmp_path / 'run'} had finished training ({len(stopped.history)} epochs); evaluating it " \
+                      "again (a larger --epochs trains it further)"
     assert untimed(resumed.history) == untimed(stopped.history)
     assert resumed.metrics == stopped.metrics

@@ -336,8 +336,12 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         if step > total_steps:
             raise MnistCnnError(f"cannot resume {out} with --epochs {config.epochs}: it has already trained "
                                 f"{_epochs(step // steps_per_epoch)}")
-        say(f"Resuming {out} at step {step} (epoch {step // steps_per_epoch + 1}, "
-            f"batch {step % steps_per_epoch}/{steps_per_epoch})")
+        if step == total_steps or (config.early_stopping and waited >= config.early_stopping):
+            say(f"{out} had finished training ({_epochs(len(history))}); evaluating it again "
+                f"(a larger --epochs trains it further)")
+        else:
+            say(f"Resuming {out} at step {step} (epoch {step // steps_per_epoch + 1}, "
+                f"batch {step % steps_per_epoch}/{steps_per_epoch})")
     train_model = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel

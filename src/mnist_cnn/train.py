@@ -321,7 +321,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     steps_per_epoch = -(-n // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     history: list[dict[str, Any]] = []
-    step, best, waited = 0, None, 0
+    step, best, waited, stop = 0, None, 0, False
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, seen in this epoch
     if checkpoint is not None:
         tensors, meta = checkpoint
@@ -336,7 +336,8 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         if step > total_steps:
             raise MnistCnnError(f"cannot resume {out} with --epochs {config.epochs}: it has already trained "
                                 f"{_epochs(step // steps_per_epoch)}")
-        if step == total_steps or (config.early_stopping and waited >= config.early_stopping):
+        stop = bool(config.early_stopping and waited >= config.early_stopping)  # it had stopped early
+        if step == total_steps or stop:
             say(f"{out} had finished training ({_epochs(len(history))}); evaluating it again "
                 f"(a larger --epochs trains it further)")
         else:
@@ -377,7 +378,6 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         f"{', bf16 autocast' if bf16 else ''}")
     show_bar = is_main and config.verbose and sys.stdout.isatty()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    stop = bool(config.early_stopping and waited >= config.early_stopping)  # a resumed run that had stopped early
     try:
         while step < total_steps and not stop:
             epoch = step // steps_per_epoch

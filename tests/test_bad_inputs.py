@@ -119,7 +119,7 @@ def cut(name: str, n: int) -> Callable[[Path], None]:
 
 
 def gzip_corrupt(folder: Path) -> None:
-    name = IDX_NAMES["x_train"]
+    name = IDX_NAMES["x_test"]
     data = bytearray(gzip.compress((folder / name).read_bytes(), mtime=0))
     data[30:60] = bytes(30)  # inside the deflate stream
     (folder / name).unlink()
@@ -176,13 +176,13 @@ CLI_CASES = [
     # data files: `--data DIR` (four IDX files, plain or .gz) or `--data FILE.npz`
     ("data: IDX", "wrong magic", lambda c: evaluate_with(c.idx_dir(replace(IDX_NAMES["x_test"], b"GIF89a" + bytes(40))), c),
      "not an IDX file"),
-    ("data: IDX", "truncated", lambda c: evaluate_with(c.idx_dir(cut(IDX_NAMES["x_train"], 10)), c), "truncated"),
+    ("data: IDX", "truncated", lambda c: evaluate_with(c.idx_dir(cut(IDX_NAMES["x_test"], 10)), c), "truncated"),
     ("data: IDX", "header claims 10^9 images", lambda c: evaluate_with(c.idx_dir(replace(
-        IDX_NAMES["x_train"], bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (10**9, 28, 28)) + bytes(84))),
+        IDX_NAMES["x_test"], bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (10**9, 28, 28)) + bytes(84))),
         c), "declares shape (1000000000, 28, 28)"),
     ("data: IDX", "corrupt gzip", lambda c: evaluate_with(c.idx_dir(gzip_corrupt), c), "corrupt gzip data"),
     ("data: IDX", "labels and images differ in count", lambda c: evaluate_with(c.idx_dir(
-        y_train=np.array([0, 1, 2, 3], np.uint8)), c), "4 labels for the 5 images"),
+        y_test=np.array([5, 6], np.uint8)), c), "2 labels for the 3 images"),
     ("data: IDX", "label outside 0..9", lambda c: evaluate_with(c.idx_dir(y_test=np.array([5, 6, 10], np.uint8)), c),
      "label 10 out of range 0..9"),
     ("data: IDX", "images not 28x28", lambda c: evaluate_with(c.idx_dir(x_test=np.zeros((3, 32, 32), np.uint8)), c),
@@ -192,7 +192,7 @@ CLI_CASES = [
     ("data: npz", "missing key", lambda c: evaluate_with(c.npz(x_train=SMALL["x_train"], y_train=SMALL["y_train"]), c),
      "missing arrays x_test, y_test"),
     ("data: npz", "pickled object array", lambda c: evaluate_with(c.npz(
-        **{**SMALL, "x_train": np.array([{"a": 1}] * 5, dtype=object)}), c), "refusing to unpickle"),
+        **{**SMALL, "x_test": np.array([{"a": 1}] * 3, dtype=object)}), c), "refusing to unpickle"),
     ("data: npz", "not a zip", lambda c: evaluate_with(c.file("junk.npz", b"junk"), c), "not a readable .npz file"),
     # spec files: `--model FILE` / `summary FILE` (.toml, .json, .yaml)
     ("spec file", "unknown layer", lambda c: ["summary", c.spec([{"type": "Conv3D"}, {"type": "Dense", "units": 10}])],

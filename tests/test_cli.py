@@ -136,6 +136,27 @@ def test_a_run_remembers_its_data_and_says_when_it_has_moved(capsys, tmp_path, m
     assert code == 2 and "(data given in memory, source '')" in err and "give --data" in err
 
 
+def test_evaluate_and_export_take_a_test_set_alone(capsys, tmp_path, trained_run, mnist):
+    # a folder with only the two t10k files: all that testing a trained model needs
+    from mnist_cnn.data import IDX_NAMES, write_idx
+
+    for key in ("x_test", "y_test"):
+        write_idx(tmp_path / "t10k" / IDX_NAMES[key], getattr(mnist, key)[:600].byte().numpy())
+    code, out, _ = run_cli(capsys, "evaluate", str(trained_run.path), "--limit-test", "600", "--json")
+    own = json.loads(out.splitlines()[-1])
+    t10k = ["--data", str(tmp_path / "t10k")]
+    code, out, err = run_cli(capsys, "evaluate", str(trained_run.path), *t10k, "--json")
+    assert code == 0, err
+    alone = json.loads(out.splitlines()[-1])
+    assert alone["count"] == own["count"] == 600 and alone["accuracy"] == own["accuracy"]
+    code, out, err = run_cli(capsys, "export", str(trained_run.path), "--out", str(tmp_path / "m.onnx"), *t10k)
+    assert code == 0 and "on 600 test images" in out, err
+    code, out, err = run_cli(capsys, "report", str(trained_run.path), "--out", str(tmp_path / "r.html"), *t10k)
+    assert code == 0 and "of 600</td>" in (tmp_path / "r.html").read_text(), err  # the given data, not the run's own
+    code, _, err = run_cli(capsys, "explain", str(trained_run.path), "--index", "700", *t10k)
+    assert code == 2 and "test index 700 is out of range: the test set has 600 images" in err
+
+
 def test_version_and_a_missing_extra_get_one_line(capsys, monkeypatch, trained_run):
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -15,6 +15,7 @@ from mnist_cnn import data
 from mnist_cnn.data import (
     CANONICAL,
     IDX_NAMES,
+    TEST_KEYS,
     MnistData,
     bundled_mnist_dir,
     download_mnist,
@@ -347,9 +348,39 @@ def test_missing_files_and_folders_say_what_was_looked_for(tmp_path):
         read_idx(tmp_path)
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", small_set()["x_train"])
     looked_for = (r"no train-labels-idx1-ubyte file \(looked for train-labels-idx1-ubyte, "
-                  r"train-labels-idx1-ubyte\.gz, train-labels\.idx1-ubyte, train-labels\.idx1-ubyte\.gz\)")
+                  r"train-labels-idx1-ubyte\.gz, train-labels\.idx1-ubyte, train-labels\.idx1-ubyte\.gz; "
+                  r"found train-images-idx3-ubyte\.gz\)")  # what is there tells a misnamed file at once
     with pytest.raises(MnistCnnError, match=looked_for):
         load_mnist(tmp_path)
+    for i in range(10):
+        (tmp_path / f"emnist-digits-{i}.bin").touch()
+    with pytest.raises(MnistCnnError, match=r"found emnist-digits-0\.bin, .*emnist-digits-7\.bin and 3 more\)"):
+        load_mnist(tmp_path)
+
+
+def test_a_test_set_alone_loads_for_evaluating_and_is_refused_for_training(tmp_path, mnist):
+    arrays = small_set()
+    for key in TEST_KEYS:
+        write_idx(tmp_path / "t10k" / f"{IDX_NAMES[key]}.gz", arrays[key])
+    np.savez(tmp_path / "test.npz", x_test=arrays["x_test"], y_test=arrays["y_test"])
+    for path in (tmp_path / "t10k", tmp_path / "test.npz"):
+        loaded = load_mnist(path, test_only=True)
+        np.testing.assert_array_equal(loaded.x_test.numpy(), arrays["x_test"])
+        np.testing.assert_array_equal(loaded.y_test.numpy(), arrays["y_test"])
+        assert loaded.x_train.shape == (0, 28, 28) and len(loaded) == 0
+    with pytest.raises(MnistCnnError, match=r"t10k: no train-images-idx3-ubyte file .*; found t10k-images"):
+        load_mnist(tmp_path / "t10k")
+    with pytest.raises(MnistCnnError, match=r"test\.npz: missing arrays x_train, y_train .*holds x_test, y_test"):
+        load_mnist(tmp_path / "test.npz")
+    bundled = load_mnist(test_only=True)  # the test files alone, still checksum-verified
+    assert torch.equal(bundled.x_test, mnist.x_test) and torch.equal(bundled.y_test, mnist.y_test)
+
+    from mnist_cnn.train import make_config, train
+
+    with pytest.raises(MnistCnnError, match=r"test\.npz: holds no training images \(a test set alone can evaluate"):
+        train(make_config(epochs=1, out=str(tmp_path / "run"), verbose=0), load_mnist(tmp_path / "test.npz",
+                                                                                      test_only=True))
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("change, culprit, message", [

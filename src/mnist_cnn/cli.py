@@ -163,7 +163,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from .data import load_mnist
     from .report import report
 
-    print(report(args.run_dir, args.out, data=load_mnist(args.data) if args.data else None))
+    print(report(args.run_dir, args.out, data=load_mnist(args.data, test_only=True) if args.data else None))
 
 
 @command
@@ -172,7 +172,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from .explain import explain
 
     for path in explain(args.run_dir, index=args.index, image=args.image, out_dir=args.out,
-                        data=load_mnist(args.data) if args.data else None):
+                        data=load_mnist(args.data, test_only=True) if args.data else None):
         print(path)
 
 

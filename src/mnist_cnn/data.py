@@ -49,6 +49,7 @@ IDX_NAMES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
+TEST_KEYS = ("x_test", "y_test")  # all that evaluating a trained model needs
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -63,7 +64,7 @@ _MAX_DIMS = 32  # numpy's limit on array dimensions (older releases)
 # zipfile, zlib, lzma and numpy's .npy header parser each raise their own types on bad input.
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError,
                NotImplementedError, RuntimeError, struct.error)
-_verified: set[Path] = set()  # bundled directories whose checksums passed in this process
+_verified: set[Path] = set()  # bundled files whose checksums passed in this process
 
 
 @dataclass
@@ -181,21 +182,30 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
 
 # ---------------------------------------------------------------- npz files (Keras mnist.npz layout)
 
-def read_npz(path: str | os.PathLike) -> MnistData:
-    """Read a Keras-style mnist.npz (x_train, y_train, x_test, y_test); never unpickles."""
+def read_npz(path: str | os.PathLike, *, test_only: bool = False) -> MnistData:
+    """Read a Keras-style mnist.npz (x_train, y_train, x_test, y_test; only the last two if `test_only`);
+    never unpickles."""
     path = Path(path).expanduser()
+    keys = TEST_KEYS if test_only else tuple(IDX_NAMES)
     try:
         with zipfile.ZipFile(path) as zf:
-            missing = [key for key in IDX_NAMES if f"{key}.npy" not in zf.namelist()]
+            held = [name.removesuffix(".npy") for name in zf.namelist()]
+            missing = [key for key in keys if key not in held]
             if missing:
-                raise MnistCnnError(f"{path}: missing arrays {', '.join(missing)} "
-                                    f"(a Keras-style mnist.npz holds {', '.join(IDX_NAMES)})")
-            arrays = {key: _read_npy(zf, key, f"{path}[{key}]") for key in IDX_NAMES}
+                raise MnistCnnError(f"{path}: missing arrays {', '.join(missing)} (a Keras-style mnist.npz holds "
+                                    f"{', '.join(IDX_NAMES)}; this one holds {_listing(held)})")
+            arrays = {key: _read_npy(zf, key, f"{path}[{key}]") for key in keys}
     except FileNotFoundError:
         raise MnistCnnError(f"{path}: no such file") from None
     except _ZIP_ERRORS as e:
         raise MnistCnnError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    return _to_data(arrays, {key: f"{path}[{key}]" for key in IDX_NAMES}, str(path))
+    return _to_data(arrays, {key: f"{path}[{key}]" for key in keys}, str(path))
+
+
+def _listing(names: Sequence[str], most: int = 8) -> str:
+    """A short list for a message: what was found instead of what was expected."""
+    shown = sorted(names)[:most]
+    return (", ".join(shown) + (f" and {len(names) - most} more" if len(names) > most else "")) or "nothing"
 
 
 def _read_npy(zf: zipfile.ZipFile, key: str, where: str) -> np.ndarray:
@@ -228,21 +238,24 @@ def write_npz(path: str | os.PathLike, data: MnistData) -> Path:
 
 # ---------------------------------------------------------------- loading MNIST-style sets
 
-def load_mnist(path: str | os.PathLike | None = None, *, verify: bool = True) -> MnistData:
+def load_mnist(path: str | os.PathLike | None = None, *, verify: bool = True, test_only: bool = False) -> MnistData:
     """Load MNIST or any set in its format (Fashion-MNIST, KMNIST).
 
     `path`: None for the copy bundled in the package (checked against the canonical SHA-256 once
     per process unless `verify` is False); a directory holding the four IDX files, gzipped or
     not, under their usual or Kaggle-style names; or a Keras-style .npz file.
+    `test_only`: read the test split alone (the t10k files, or x_test and y_test), which is all that
+    evaluating a trained model needs; the training split is then empty.
     """
     directory = bundled_mnist_dir() if path is None else Path(path).expanduser()
+    keys = TEST_KEYS if test_only else tuple(IDX_NAMES)
     if path is None or directory.is_dir():
-        files, arrays = _read_idx_dir(directory)
+        files, arrays = _read_idx_dir(directory, keys)
         if path is None and verify:
-            _check_canonical(directory, files, arrays)
+            _check_canonical(files, arrays)
         return _to_data(arrays, files, "bundled" if path is None else str(directory))
     if directory.is_file():
-        return read_npz(directory)
+        return read_npz(directory, test_only=test_only)
     raise MnistCnnError(f"{directory}: no such file or directory "
                         "(expected a directory of IDX files or a Keras-style .npz file)")
 
@@ -256,11 +269,15 @@ def _find_idx(directory: Path, name: str) -> Path:
         for file in (directory / candidate, directory / candidate / candidate):
             if file.is_file():
                 return file
-    raise MnistCnnError(f"{directory}: no {name} file (looked for {', '.join(candidates)})")
+    try:
+        found = [entry.name for entry in directory.iterdir()]
+    except OSError:
+        found = []
+    raise MnistCnnError(f"{directory}: no {name} file (looked for {', '.join(candidates)}; found {_listing(found)})")
 
 
-def _read_idx_dir(directory: Path) -> tuple[dict[str, Path], dict[str, np.ndarray]]:
-    files = {key: _find_idx(directory, name) for key, name in IDX_NAMES.items()}
+def _read_idx_dir(directory: Path, keys: Sequence[str]) -> tuple[dict[str, Path], dict[str, np.ndarray]]:
+    files = {key: _find_idx(directory, IDX_NAMES[key]) for key in keys}
     return files, {key: read_idx(file) for key, file in files.items()}
 
 
@@ -297,8 +314,11 @@ def _as_class_numbers(y: np.ndarray, name: str | Path) -> np.ndarray:
 
 
 def _to_data(arrays: dict[str, np.ndarray], names: dict[str, str | Path], source: str) -> MnistData:
-    """Check both splits (naming the file at fault) and wrap them as tensors."""
+    """Check the splits given (naming the file at fault) and wrap them as tensors; a split not given is empty."""
     for split in ("train", "test"):
+        if f"x_{split}" not in arrays:
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = np.empty((0, *IMAGE_SHAPE), np.uint8), np.empty(0, np.int64)
+            continue
         x_name, y_name = names[f"x_{split}"], names[f"y_{split}"]
         x = arrays[f"x_{split}"] = _as_bytes(arrays[f"x_{split}"], x_name)
         y = arrays[f"y_{split}"] = _as_class_numbers(arrays[f"y_{split}"], y_name)
@@ -327,21 +347,20 @@ def bundled_mnist_dir() -> Path:
 
 def verify_bundled() -> None:
     """Check the bundled files against the canonical SHA-256 (once per process); raise if they differ."""
-    directory = bundled_mnist_dir()
-    if directory not in _verified:
-        _check_canonical(directory, *_read_idx_dir(directory))
+    _check_canonical(*_read_idx_dir(bundled_mnist_dir(), tuple(IDX_NAMES)))
 
 
-def _check_canonical(directory: Path, files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
-    if directory in _verified:
-        return
-    for key, name in IDX_NAMES.items():
+def _check_canonical(files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
+    for key, file in files.items():
+        if file in _verified:
+            continue
         # The IDX encoding is unique, so hashing the re-encoded array hashes the decompressed file.
         digest = hashlib.sha256(idx_bytes(arrays[key])).hexdigest()
+        name = IDX_NAMES[key]
         if digest != CANONICAL[name][0]:
-            raise MnistCnnError(f"{files[key]}: checksum mismatch: SHA-256 of the content is "
+            raise MnistCnnError(f"{file}: checksum mismatch: SHA-256 of the content is "
                                 f"{digest}, the canonical MNIST {name} is {CANONICAL[name][0]}")
-    _verified.add(directory)
+        _verified.add(file)
 
 
 def download_mnist(dest_dir: str | os.PathLike, *, mirrors: Sequence[str] = MIRRORS,

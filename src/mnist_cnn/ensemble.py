@@ -229,7 +229,7 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
     """
     if not runs:
         raise MnistCnnError("an ensemble needs at least one run")
-    data = data or load_mnist(runs[0].config.get("data"))
+    data = data if data is not None else load_mnist(runs[0].config.get("data"))
     x_test, y_test = data.x_test[:limit_test], data.y_test[:limit_test]
     plain = ensemble_of([r.model for r in runs], False, [str(r.path) for r in runs])
     model = plain.with_shifts(DEFAULT_SHIFTS) if tta else plain

@@ -165,7 +165,7 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
             log(f"[{i + 1}/{len(grid_cells)}] {cell_label(cell)} seed {config.seed}")
             if data is None and config.data not in loaded:
                 loaded[config.data] = load_mnist(config.data)
-            run = reuse_or_train(config, data=data or loaded[config.data], log=log)
+            run = reuse_or_train(config, data=loaded[config.data] if data is None else data, log=log)
             last = run.history[-1] if run.history else {}
             runs.append({"seed": config.seed, "run_dir": str(run.path), "test_accuracy": run.metrics.get("accuracy"),
                          "test_loss": run.metrics.get("loss"), "val_accuracy": last.get("val_accuracy"),

@@ -142,7 +142,7 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, 
     """Write one self-contained HTML page about a run (default RUN_DIR/report.html) and return its path.
     The test set is the run's own (its `data` and `limit_test`); test digit `index` is the one explained."""
     run = load_run(run_dir)
-    data = data or run_data(run)
+    data = data if data is not None else run_data(run)
     if not 0 <= index < len(data.x_test):
         raise MnistCnnError(f"test index {index} is out of range: the test set has {len(data.x_test)} images")
     limit = run.config.get("limit_test")

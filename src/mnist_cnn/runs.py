@@ -190,11 +190,12 @@ def _checked_history(path: Path) -> list[dict[str, Any]]:
 
 
 def run_data(run: Run, path: str | os.PathLike | None = None) -> MnistData:
-    """The data set the run was trained on (its config's `data`: None is the bundled MNIST), or `path` instead."""
+    """The test set of the data the run was trained on (its config's `data`: None is the bundled MNIST), or of
+    `path` instead; the training split is not read (it is empty)."""
     if path is not None:
-        return load_mnist(path)
+        return load_mnist(path, test_only=True)
     try:
-        return load_mnist(run.config.get("data"))
+        return load_mnist(run.config.get("data"), test_only=True)
     except MnistCnnError as e:
         raise MnistCnnError(f"{e}; the run {run.path} was trained on it: give --data where it is now") from None
 

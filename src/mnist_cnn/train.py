@@ -287,7 +287,10 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         known = data.source and Path(data.source).exists()  # or refuse instead of testing on the bundled MNIST
         config = dataclasses.replace(config, data=str(Path(data.source).absolute()) if known else
                                      f"(data given in memory, source {data.source!r})")
-    data = data or load_mnist(config.data)
+    data = data if data is not None else load_mnist(config.data)
+    if len(data.x_train) == 0:
+        raise MnistCnnError(f"{data.source}: holds no training images (a test set alone can evaluate a run, not "
+                            "train one)")
     x_all, y_all = data.x_train[:config.limit_train], data.y_train[:config.limit_train]
     try:
         x_tr, y_tr, x_val, y_val = split_validation(x_all, y_all, validation_split=config.validation_split,

@@ -204,6 +204,10 @@ def test_predict_files_text_json_and_name_clashes(trained_run, tmp_path):
     results = predict_files(trained_run, [tmp_path / "a" / "digit.png", tmp_path / "b" / "digit.png"],
                             show_preprocessed_dir=tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["digit-2.png", "digit.png"]
+    original = (tmp_path / "a" / "digit.png").read_bytes()  # written into the images' own folder: none replaced
+    in_place = predict_files(trained_run, [tmp_path / "a"], show_preprocessed_dir=tmp_path / "a")
+    assert (tmp_path / "a" / "digit.png").read_bytes() == original
+    assert in_place[0]["preprocessed"] == str(tmp_path / "a" / "digit-2.png")
     text = format_predictions(results)
     assert len(text.splitlines()) == 2 and "top-3:" in text and "%" in text
     json.dumps(results)  # JSON-ready as it is

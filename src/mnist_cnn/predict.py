@@ -139,7 +139,9 @@ def predict_files(run: RunLike, paths: str | os.PathLike | Sequence[str | os.Pat
         for result, prob in zip(readable, predict_proba(model, to_model_input(np.stack(images)))):
             result.update(describe(prob))
     if show_preprocessed_dir is not None:
-        out_dir, taken = Path(show_preprocessed_dir), set()
+        out_dir = Path(show_preprocessed_dir)
+        # the images given may live in that folder: their names are taken, so they are never written over
+        taken = {Path(r["file"]).name for r in results if Path(r["file"]).resolve().parent == out_dir.resolve()}
         for result, image in zip(readable, images):
             target = out_dir / _unique_name(Path(result["file"]), taken)
             atomic_write_bytes(target, png_bytes(image))

@@ -358,6 +358,25 @@ def test_missing_files_and_folders_say_what_was_looked_for(tmp_path):
         load_mnist(tmp_path)
 
 
+def test_data_built_by_hand_is_checked_like_a_file_and_names_the_field(mnist):
+    x, y = mnist.x_train[:50], mnist.y_train[:50]
+    tutorial = MnistData(x.numpy()[..., None] / 255.0, np.eye(10)[y.numpy()], x.numpy(), y.numpy().astype(np.uint8),
+                         source="arrays")  # numpy, a channel axis, pixels / 255, one-hot labels: the same bytes
+    for key in IDX_NAMES:
+        assert torch.equal(getattr(tutorial, key), x if key[0] == "x" else y), key
+    assert tutorial.x_train.dtype == torch.uint8 and tutorial.y_train.dtype == torch.int64
+    assert MnistData(x, y, x, y, source="t").x_train.data_ptr() == x.data_ptr()  # tensors as they are: no copy
+    for change, message in [(dict(y_train=y.float() + 0.5), r"MnistData\.y_train: labels have shape \(50,\) and "
+                                                           r"dtype float32, expected one integer per image"),
+                            (dict(y_train=y + 1), r"MnistData\.y_train: label 10 out of range 0\.\.9"),
+                            (dict(x_test=x[:, :, :27]), r"MnistData\.x_test: images have shape \(50, 28, 27\)"),
+                            (dict(y_test=y[:5]), r"MnistData\.y_test: 5 labels for the 50 images in MnistData\.x_test"),
+                            (dict(x_test=x[:0], y_test=y[:0]), r"MnistData\.x_test: holds no images")]:
+        with pytest.raises(MnistCnnError, match=message):
+            MnistData(**{"x_train": x, "y_train": y, "x_test": x, "y_test": y, **change}, source="bad")
+    assert len(MnistData(x[:0], y[:0], x, y, source="test set alone")) == 0
+
+
 def test_a_test_set_alone_loads_for_evaluating_and_is_refused_for_training(tmp_path, mnist):
     arrays = small_set()
     for key in TEST_KEYS:

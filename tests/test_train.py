@@ -71,10 +71,32 @@ def test_tutorial_recipes_are_the_defaults():
     ({"early_stopping": 2}, r"need a validation set"),
     ({"augment": {"rotation": -3}}, r"augment rotation=-3"),
     ({"recipe": "turbo"}, r"unknown recipe 'turbo'"),
+    ({"early_stopping": True, "val_size": 100}, r"--early-stopping must be a positive patience, got True"),
+    ({"validation_split": "0.1"}, r"--validation-split must be a fraction in \[0, 1\), got '0.1'"),
+    ({"out": 3}, r"--out must be a folder's path, got 3"),
+    ({"model": torch.nn.Linear(784, 10)}, r"model must be a name or a spec file's path, got Linear\(.*write "
+                                          r"spec\.to_dict\(\) to a \.json file"),
 ])
 def test_bad_options_are_refused_with_the_value(options, message):
     with pytest.raises(MnistCnnError, match=message):
         make_config(**options)
+
+
+def test_python_values_a_notebook_has_are_taken_and_its_state_is_left_alone(mnist, tmp_path):
+    import numpy as np
+
+    config = quick(tmp_path, out=tmp_path / "as-path", batch_size=np.int64(32), seed=np.arange(3)[2],
+                   lr=np.float32(1e-3))
+    assert (config.batch_size, config.seed, config.lr) == (32, 2, pytest.approx(1e-3))
+    assert type(config.batch_size) is int and type(config.lr) is float  # as config.json holds them
+    torch.set_num_threads(1)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run = train(config, mnist)
+    assert json.loads((run.path / "config.json").read_text())["out"] == str(tmp_path / "as-path")
+    assert torch.get_num_threads() == 1 and torch.equal(torch.rand(3), expected)  # threads and random state as they were
+    torch.set_num_threads(2)
 
 
 def test_early_stopping_and_best_checkpoint(mnist, tmp_path):

@@ -69,7 +69,12 @@ _verified: set[Path] = set()  # bundled files whose checksums passed in this pro
 
 @dataclass
 class MnistData:
-    """A train/test pair: uint8 images [N, 28, 28], int64 labels [N], and where they came from."""
+    """A train/test pair: uint8 images [N, 28, 28], int64 labels [N], and where they came from.
+
+    Built by hand, it takes numpy arrays or tensors in what a Keras tutorial leaves too (a channel axis of 1,
+    pixels / 255 as floats, one-hot or (N, 1) labels) and checks them as files are checked, naming the field
+    at fault. The training split may be empty (a test set alone evaluates a run), the test split may not.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -77,6 +82,14 @@ class MnistData:
     y_test: torch.Tensor
     source: str
     num_classes: ClassVar[int] = NUM_CLASSES
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = (np.asarray(getattr(self, f"{k}_{split}")) for k in "xy")  # tensors on the CPU, lists, arrays
+            x, y = _checked_split(x, y, f"MnistData.x_{split}", f"MnistData.y_{split}", empty_ok=split == "train")
+            setattr(self, f"x_{split}", torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)))
+            setattr(self, f"y_{split}", torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
+        self.source = str(self.source)
 
     def __len__(self) -> int:
         """The number of training examples."""
@@ -313,29 +326,31 @@ def _as_class_numbers(y: np.ndarray, name: str | Path) -> np.ndarray:
     return y
 
 
+def _checked_split(x: np.ndarray, y: np.ndarray, x_name: str | Path, y_name: str | Path, *,
+                   empty_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One split's images as uint8 [N, 28, 28] and labels as integers 0..9, or one line naming the culprit."""
+    x, y = _as_bytes(x, x_name), _as_class_numbers(y, y_name)
+    if x.dtype != np.uint8:
+        raise MnistCnnError(f"{x_name}: images have dtype {x.dtype}, expected uint8")
+    if len(x) == 0 and not (empty_ok and len(y) == 0):
+        raise MnistCnnError(f"{x_name}: holds no images")
+    if len(y) != len(x):
+        raise MnistCnnError(f"{y_name}: {len(y)} labels for the {len(x)} images in {x_name}")
+    if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+        bad = y.min() if y.min() < 0 else y.max()
+        raise MnistCnnError(f"{y_name}: label {bad} out of range 0..{NUM_CLASSES - 1}")
+    return x, y
+
+
 def _to_data(arrays: dict[str, np.ndarray], names: dict[str, str | Path], source: str) -> MnistData:
     """Check the splits given (naming the file at fault) and wrap them as tensors; a split not given is empty."""
     for split in ("train", "test"):
-        if f"x_{split}" not in arrays:
-            arrays[f"x_{split}"], arrays[f"y_{split}"] = np.empty((0, *IMAGE_SHAPE), np.uint8), np.empty(0, np.int64)
-            continue
-        x_name, y_name = names[f"x_{split}"], names[f"y_{split}"]
-        x = arrays[f"x_{split}"] = _as_bytes(arrays[f"x_{split}"], x_name)
-        y = arrays[f"y_{split}"] = _as_class_numbers(arrays[f"y_{split}"], y_name)
-        if x.dtype != np.uint8:
-            raise MnistCnnError(f"{x_name}: images have dtype {x.dtype}, expected uint8")
-        if len(x) == 0:
-            raise MnistCnnError(f"{x_name}: holds no images")
-        if len(y) != len(x):
-            raise MnistCnnError(f"{y_name}: {len(y)} labels for the {len(x)} images in {x_name}")
-        if y.min() < 0 or y.max() >= NUM_CLASSES:
-            bad = y.min() if y.min() < 0 else y.max()
-            raise MnistCnnError(f"{y_name}: label {bad} out of range 0..{NUM_CLASSES - 1}")
-    return MnistData(
-        *(torch.from_numpy(np.ascontiguousarray(arrays[key], dtype=np.int64 if key[0] == "y" else np.uint8))
-          for key in IDX_NAMES),
-        source=source,
-    )
+        x_key, y_key = f"x_{split}", f"y_{split}"
+        if x_key in arrays:
+            arrays[x_key], arrays[y_key] = _checked_split(arrays[x_key], arrays[y_key], names[x_key], names[y_key])
+        else:
+            arrays[x_key], arrays[y_key] = np.empty((0, *IMAGE_SHAPE), np.uint8), np.empty(0, np.int64)
+    return MnistData(*(arrays[key] for key in IDX_NAMES), source=source)
 
 
 # ---------------------------------------------------------------- the bundled copy and downloads

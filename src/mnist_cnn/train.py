@@ -11,7 +11,9 @@ averages the gradients (gloo on CPU, NCCL on GPU); only rank 0 writes files and 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
+import reprlib
 import signal
 import sys
 import threading
@@ -88,7 +90,10 @@ def make_config(model: str | None = None, recipe: str | None = None, **overrides
         raise MnistCnnError(f"--recipe {recipe} trains {named['model']}; give --recipe or --model {model}, not both")
     model = model or named.pop("model", None) or TrainConfig.model
     named.pop("model", None)
-    given = {k: v for k, v in overrides.items() if v is not None}
+    if not isinstance(model, (str, os.PathLike)):
+        raise MnistCnnError(f"model must be a name or a spec file's path, got {reprlib.repr(model)} (to train a spec "
+                            "built in Python, write spec.to_dict() to a .json file and give its path)")
+    given = {k: _plain(v) for k, v in overrides.items() if v is not None}
     if isinstance(given.get("data"), (str, os.PathLike)):  # the run records where its data is from anywhere
         given["data"] = str(Path(given["data"]).expanduser().absolute())
     values = {**recipe_for(model), **named, **given}
@@ -103,6 +108,13 @@ def make_config(model: str | None = None, recipe: str | None = None, **overrides
     return config
 
 
+def _plain(value: Any) -> Any:
+    """numpy's scalars (from a sweep over np.arange, say) as the Python numbers config.json holds."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return float(value) if isinstance(value, numbers.Real) and not isinstance(value, (int, float)) else value
+
+
 def validate(c: TrainConfig) -> None:
     """Options are checked here, at the boundary, with the bad value in the message."""
     def need(ok: bool, what: str, value: Any) -> None:
@@ -112,18 +124,21 @@ def validate(c: TrainConfig) -> None:
     def number(value: Any) -> bool:  # config.json and grid files can hold any JSON: compare numbers only
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    need(isinstance(c.epochs, int) and c.epochs >= 1, "--epochs must be a positive integer", c.epochs)
-    need(isinstance(c.batch_size, int) and c.batch_size >= 1, "--batch-size must be a positive integer", c.batch_size)
+    def whole(value: Any) -> bool:  # True is an int to Python, not a count to a user
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    need(whole(c.epochs) and c.epochs >= 1, "--epochs must be a positive integer", c.epochs)
+    need(whole(c.batch_size) and c.batch_size >= 1, "--batch-size must be a positive integer", c.batch_size)
     need(c.optimizer in DEFAULT_LR, f"--optimizer must be one of {', '.join(DEFAULT_LR)}", c.optimizer)
     need(c.lr is None or (isinstance(c.lr, (int, float)) and 0 < c.lr < 10), "--lr must be in (0, 10)", c.lr)
-    need(isinstance(c.seed, int) and 0 <= c.seed < 2**32, "--seed must be an integer from 0 to 2**32 - 1", c.seed)
+    need(whole(c.seed) and 0 <= c.seed < 2**32, "--seed must be an integer from 0 to 2**32 - 1", c.seed)
     need(c.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}", c.schedule)
     need(number(c.lr_decay) and 0 < c.lr_decay <= 1, "--lr-decay must be in (0, 1]", c.lr_decay)
     need(number(c.label_smoothing) and 0 <= c.label_smoothing < 1, "--label-smoothing must be in [0, 1)",
          c.label_smoothing)
     need(number(c.weight_decay) and 0 <= c.weight_decay < 1, "--weight-decay must be in [0, 1)", c.weight_decay)
     need(c.ema is None or (number(c.ema) and 0 < c.ema < 1), "--ema must be in (0, 1)", c.ema)
-    need(c.early_stopping is None or (isinstance(c.early_stopping, int) and c.early_stopping >= 1),
+    need(c.early_stopping is None or (whole(c.early_stopping) and c.early_stopping >= 1),
          "--early-stopping must be a positive patience", c.early_stopping)
     need(isinstance(c.model, str) and isinstance(c.model_options, dict), "--model must be a name or a spec file "
          "(with a dict of model options)", (c.model, c.model_options))
@@ -133,9 +148,14 @@ def validate(c: TrainConfig) -> None:
          "--device must be auto, cpu or cuda", c.device)
     for name in ("limit_train", "limit_test", "checkpoint_every", "threads"):
         value = getattr(c, name)
-        need(value is None or (isinstance(value, int) and value >= 1),
+        need(value is None or (whole(value) and value >= 1),
              f"--{name.replace('_', '-')} must be a positive integer", value)
     need(c.threads is None or c.threads <= 1024, "--threads must be at most 1024", c.threads)
+    # their range depends on the data: split_validation checks it
+    need(c.validation_split is None or number(c.validation_split), "--validation-split must be a fraction in [0, 1)",
+         c.validation_split)
+    need(c.val_size is None or whole(c.val_size), "--val-size must be a whole number", c.val_size)
+    need(c.out is None or isinstance(c.out, (str, os.PathLike)), "--out must be a folder's path", c.out)
     if (c.early_stopping or c.restore_best) and not (c.validation_split or c.val_size):
         raise MnistCnnError("--early-stopping and --restore-best need a validation set: "
                             "add --validation-split or --val-size")
@@ -235,10 +255,13 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     during the final evaluation lets it finish.
     """
     stop_requested, restore_signals = _stop_between_steps(enabled=int(os.environ.get("WORLD_SIZE", "1")) == 1)
+    threads = torch.get_num_threads()
     try:
-        return _train(config, data, resume, overwrite, log, stop_requested)
+        with torch.random.fork_rng(devices=[]):  # training seeds torch's generator; the caller's is left as it was
+            return _train(config, data, resume, overwrite, log, stop_requested)
     finally:
         restore_signals()
+        torch.set_num_threads(threads)  # and so is the caller's thread count
 
 
 def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Path | None, overwrite: bool,
@@ -256,6 +279,8 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         config, checkpoint = saved, latest_checkpoint(out, warn=log)
     config = config or make_config()
     validate(config)
+    paths = {k: str(v) for k in ("out", "data") if isinstance(v := getattr(config, k), os.PathLike)}
+    config = dataclasses.replace(config, **paths)  # as config.json holds them
     out = Path(config.out) if config.out else _default_out(config.model)
     if resume is None and not overwrite and ((out / "config.json").exists() or (out / "checkpoints").exists()):
         raise MnistCnnError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")

@@ -93,3 +93,69 @@ def test_a_data_axis_trains_each_cell_on_its_own_data(tmp_path, mnist, capsys):
     assert main(["experiment", str(grid), "--seeds", "1", "--out", str(tmp_path / "exp"), "--json"]) == 0
     plain, shifted = json.loads(capsys.readouterr().out.splitlines()[-1])["cells"]
     assert plain["test_accuracy_mean"] > 0.7 and shifted["test_accuracy_mean"] < 0.2
+
+
+def test_grid_mistakes_found_late_still_get_one_line_naming_the_cell(tmp_path, mnist):
+    from mnist_cnn.experiments import run_grid
+
+    with pytest.raises(MnistCnnError, match=r"g\.toml: cell base: seed must be an integer, got '1'"):
+        check_grid({"base": {"model": "mlp", "seed": "1"}}, "g.toml")
+    grid = check_grid({"name": "late", "base": {"model": "mlp", "val_size": 5000}, "axes": {"lr": [1e-3, 2e-3]}})
+    with pytest.raises(MnistCnnError, match=r"^late: cell lr=0\.001, seed 0: val_size=5000: expected a whole number "
+                                            r"from 0 to 999"):  # the data's size is known only when it is loaded
+        run_grid(grid, seeds=1, out=tmp_path / "late", data=mnist, overrides={"limit_train": 1000})
+    with pytest.raises(MnistCnnError, match=r"--epochs 1 would replace the grid's axis 'epochs' \(\[1, 2\]\) in every "
+                                            r"cell"):
+        run_grid(check_grid({"axes": {"epochs": [1, 2]}}), out=tmp_path / "ep", overrides={"epochs": 1})
+    assert check_grid({"axes": {"lr": (1e-3, 2e-3)}})["axes"]["lr"] == [1e-3, 2e-3]  # a tuple from Python
+
+
+def test_cells_whose_names_would_clash_get_folders_of_their_own(tmp_path):
+    from mnist_cnn.experiments import cell_folders, cell_slug
+
+    a, b = {"model": "s a.toml"}, {"model": "s-a.toml"}
+    assert cell_slug(a) == cell_slug(b)
+    folders = cell_folders([a, b, {"model": "mlp"}])
+    assert len(set(folders)) == 3 and folders[2] == "model-mlp"
+    assert cell_folders([b, a]) == folders[1::-1]  # each cell's folder is its own, whatever the order
+
+
+def test_spec_files_named_in_a_grid_are_found_beside_it(tmp_path, monkeypatch):
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "tiny.toml").write_text('[[layers]]\ntype = "Flatten"\n[[layers]]\ntype = "Dense"\n'
+                                                  'units = 10\nactivation = "softmax"\n')
+    (tmp_path / "grids" / "g.toml").write_text('[base]\nmodel = "tiny.toml"\n[axes]\nmodel = ["tiny.toml", "mlp"]\n')
+    monkeypatch.chdir(tmp_path)
+    grid = load_grid("grids/g.toml")
+    assert grid["base"]["model"] == grid["axes"]["model"][0] == str(tmp_path.joinpath("grids", "tiny.toml")
+                                                                     .relative_to(tmp_path))
+    assert grid["axes"]["model"][1] == "mlp"
+
+
+def test_the_validation_column_describes_the_weights_that_were_tested():
+    from mnist_cnn.experiments import tested_row
+
+    history = [{"epoch": 1, "val_loss": 0.5, "val_accuracy": 0.90}, {"epoch": 2, "val_loss": 0.3, "val_accuracy": 0.95},
+               {"epoch": 3, "val_loss": 0.4, "val_accuracy": 0.95}, {"epoch": 4, "val_loss": 0.6, "val_accuracy": 0.80}]
+    assert tested_row(history, {})["epoch"] == 4
+    assert tested_row(history, {"restore_best": True})["epoch"] == 2  # val_loss is watched by default
+    assert tested_row(history, {"restore_best": True, "monitor": "val_accuracy"})["epoch"] == 2  # the first best
+    assert tested_row([], {"restore_best": True}) == {}
+
+
+def test_an_interrupted_member_says_to_run_the_same_command_again(tmp_path, monkeypatch):
+    import importlib
+
+    from mnist_cnn import ensemble
+    from mnist_cnn.errors import TrainingInterrupted
+    from mnist_cnn.train import make_config
+
+    def interrupted(config, data=None, **_):
+        raise TrainingInterrupted(f"interrupted at step 3; continue with: mnist-cnn train --resume {config.out}",
+                                  run_dir=config.out)
+
+    monkeypatch.setattr(importlib.import_module("mnist_cnn.train"), "train", interrupted)  # the module, not the function
+    with pytest.raises(TrainingInterrupted, match=r"interrupted while training .*m1, whose checkpoint is kept: run "
+                                                  r"the same command again to continue") as e:
+        ensemble.reuse_or_train(make_config(out=str(tmp_path / "m1")))
+    assert "train --resume" not in str(e.value)

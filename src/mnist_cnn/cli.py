@@ -184,6 +184,11 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
 
     log = _log_to(sys.stderr if args.json else sys.stdout)
     check_ensemble_out(args.out)  # before any training or evaluation, which may take hours
+    if not args.train:  # these shape the members --train trains: without it they would be ignored silently
+        for flag in ("recipe", "model", "epochs", "seed", "limit_train", "val_size"):
+            if getattr(args, flag) is not None:
+                raise MnistCnnError(f"--{flag.replace('_', '-')} is for the members that --train N trains; "
+                                    "finished runs keep their own")
     runs = [load_run(d) for d in args.run_dirs]
     sources = {run.config.get("data") for run in runs}
     if len(sources) > 1 and not args.data:  # members of one ensemble answer the same question
@@ -191,7 +196,11 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
         raise MnistCnnError(f"the runs were trained on different data ({', '.join(names)}); "
                             f"ensemble runs of one data set, or name the test data with --data")
     data_path = args.data or next(iter(sources), None)
-    data = load_mnist(data_path)
+    try:
+        data = load_mnist(data_path)
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{e}{'' if args.data else '; the runs were trained on it: give --data where it is now'}"
+                            ) from None
     if args.train:
         from .train import make_config
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from .atomic import atomic_write_json, make_dir
 from .data import MnistData, load_mnist, split_validation
-from .errors import MnistCnnError
+from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
 from .runs import ENSEMBLE_FILE, Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_json, save_tensors
@@ -268,6 +268,9 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
 def check_ensemble_out(out: str | os.PathLike) -> Path:
     """An ensemble directory may be new or an ensemble's; not a file, nor a training run's folder."""
     out = Path(out)
+    if out.suffix == ".safetensors":  # save_ensemble's single file; a command writes a whole folder
+        raise MnistCnnError(f"--out {out}: an ensemble is written as a folder (ensemble.safetensors, metrics.json, "
+                            "config.json inside); give a folder name")
     for path in (out, out / "members"):
         if path.exists() and not path.is_dir():
             raise MnistCnnError(f"{path} is a file, not a folder; write the ensemble to another --out")
@@ -317,6 +320,7 @@ def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[
     from .train import train  # training is only needed here; keep `import ensemble` light
 
     out = Path(config.out) if config.out else None
+    resume = None
     if out is not None and (out / "config.json").exists():
         spec = get_spec(config.model, **config.model_options).to_dict()  # a spec file may have been edited since
         if (_comparable(read_json(out / "config.json", {})) == _comparable(config.to_dict())
@@ -324,6 +328,9 @@ def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[
             if (out / "metrics.json").exists() and (out / "model.safetensors").exists():
                 log(f"reusing finished run {out}")
                 return load_run(out)
-            if checkpoint_paths(out):
-                return train(config, data, resume=out, log=log)
-    return train(config, data, overwrite=True, log=log)
+            resume = out if checkpoint_paths(out) else None
+    try:
+        return train(config, data, resume=resume, overwrite=resume is None, log=log)
+    except TrainingInterrupted as e:  # one run of many: the same command resumes it, then goes on to the others
+        raise TrainingInterrupted(f"interrupted while training {e.run_dir}, whose checkpoint is kept: run the same "
+                                  "command again to continue", e.signum, e.run_dir) from None

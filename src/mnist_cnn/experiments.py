@@ -18,6 +18,7 @@ the test columns are reported once per finished run.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -31,14 +32,27 @@ from typing import Any
 from .atomic import atomic_write_bytes, atomic_write_json, make_dir
 from .data import MnistData, load_mnist
 from .documents import read_document
-from .errors import MnistCnnError
+from .errors import MnistCnnError, TrainingInterrupted
 
 
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a grid file: {'name', 'seeds', 'base': {...}, 'axes': {dotted name: [values]}}."""
     path = Path(path)
     raw = read_document(path, "grid", (".toml", ".json"))
+    if isinstance(raw, dict):  # spec and data files named in the grid are found beside it, as it was written
+        for table in (raw.get("base"), raw.get("axes")):
+            for key in ("model", "data"):
+                if isinstance(table, dict) and key in table:
+                    table[key] = ([_beside(path, v) for v in table[key]] if isinstance(table[key], list)
+                                  else _beside(path, table[key]))
     return check_grid(raw, str(path), default_name=path.stem)
+
+
+def _beside(grid_file: Path, value: Any) -> Any:
+    """A relative path that exists next to the grid file, as a path from here; anything else as it is."""
+    if isinstance(value, str) and value and not Path(value).is_absolute() and (grid_file.parent / value).exists():
+        return str(grid_file.parent / value)
+    return value
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -65,7 +79,7 @@ def check_grid(raw: Any, source: str = "grid", default_name: str = "experiment")
         raise MnistCnnError(f"{source}: 'base' must be a table of training options, got {base!r}")
     if not isinstance(axes, dict):
         raise MnistCnnError(f"{source}: 'axes' must be a table of option = [values], got {axes!r}")
-    flat_axes = _flatten(axes)
+    flat_axes = {name: list(v) if isinstance(v, tuple) else v for name, v in _flatten(axes).items()}
     for name, values in flat_axes.items():
         if not isinstance(values, list) or not values:
             raise MnistCnnError(f"{source}: axis {name!r} must be a non-empty list of values, got {values!r}")
@@ -109,6 +123,15 @@ def cell_slug(cell: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", slug)[:120]
 
 
+def cell_folders(grid_cells: list[dict[str, Any]]) -> list[str]:
+    """Each cell's folder name: its slug, plus a hash of its values where two slugs would be the same
+    ('s a.toml' and 's-a.toml'), so that no cell trains over another's runs."""
+    slugs = [cell_slug(cell) for cell in grid_cells]
+    return [slug if slugs.count(slug) == 1 else
+            f"{slug}-{hashlib.sha256(json.dumps(cell, sort_keys=True).encode()).hexdigest()[:8]}"
+            for slug, cell in zip(slugs, grid_cells)]
+
+
 def make_cell_config(grid: dict[str, Any], cell: dict[str, Any], seed: int, out: str | None = None,
                      overrides: dict[str, Any] | None = None, source: str = "grid"):
     """The TrainConfig of one run: base, then the cell's values, then `overrides` (e.g. epochs from the CLI)."""
@@ -119,9 +142,11 @@ def make_cell_config(grid: dict[str, Any], cell: dict[str, Any], seed: int, out:
     for name, value in cell.items():
         _set(options, name, value)
     options.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    base_seed = options.pop("seed", 0)
-    options.update(seed=base_seed + seed, out=out, verbose=options.get("verbose", 0))
     try:
+        base_seed = options.pop("seed", 0)
+        if not isinstance(base_seed, int) or isinstance(base_seed, bool):
+            raise MnistCnnError(f"seed must be an integer, got {base_seed!r}")
+        options.update(seed=base_seed + seed, out=out, verbose=options.get("verbose", 0))
         config = make_config(**options)
         get_spec(config.model, **config.model_options)  # model options are checked when the spec is built
         return config
@@ -139,6 +164,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def tested_row(history: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+    """The history row of the weights that were tested: with restore_best, the first best epoch on `monitor`
+    (the one training kept), else the last."""
+    monitor = config.get("monitor", "val_loss")
+    rows = [row for row in history if row.get(monitor) is not None]
+    if not (config.get("restore_best") and rows):
+        return history[-1] if history else {}
+    return (min if monitor == "val_loss" else max)(rows, key=lambda row: row[monitor])
+
+
 def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.PathLike | None = None,
              data: MnistData | None = None, overrides: dict[str, Any] | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -151,6 +186,10 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
     out = make_dir(out or Path("experiments") / re.sub(r"[^A-Za-z0-9_.-]+", "-", grid["name"]))
     if data is not None and "data" in grid["axes"]:
         raise MnistCnnError("the grid varies 'data' across cells, so run_grid cannot also be given one data set")
+    for name, value in (overrides or {}).items():  # one value for every cell would flatten the axis silently
+        if value is not None and name in grid["axes"]:
+            raise MnistCnnError(f"--{name.replace('_', '-')} {value} would replace the grid's axis {name!r} "
+                                f"({grid['axes'][name]}) in every cell: drop one of them")
     loaded: dict[str | None, MnistData] = {}  # each data set once, however many cells use it
     grid_cells = cells(grid)
     results: dict[str, Any] = {"name": grid["name"], "description": grid["description"], "out": str(out),
@@ -158,18 +197,23 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
                                "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
                                "cells": []}
     started = time.perf_counter()
-    for i, cell in enumerate(grid_cells):
+    for i, (cell, folder) in enumerate(zip(grid_cells, cell_folders(grid_cells))):
         runs = []
         for s in range(seeds):
-            config = make_cell_config(grid, cell, s, str(out / "runs" / cell_slug(cell) / f"seed-{s}"), overrides)
+            config = make_cell_config(grid, cell, s, str(out / "runs" / folder / f"seed-{s}"), overrides)
             log(f"[{i + 1}/{len(grid_cells)}] {cell_label(cell)} seed {config.seed}")
-            if data is None and config.data not in loaded:
-                loaded[config.data] = load_mnist(config.data)
-            run = reuse_or_train(config, data=loaded[config.data] if data is None else data, log=log)
-            last = run.history[-1] if run.history else {}
+            try:
+                if data is None and config.data not in loaded:
+                    loaded[config.data] = load_mnist(config.data)
+                run = reuse_or_train(config, data=loaded[config.data] if data is None else data, log=log)
+            except TrainingInterrupted:
+                raise
+            except MnistCnnError as e:  # found only now that the data is there: say which cell
+                raise MnistCnnError(f"{grid['name']}: cell {cell_label(cell)}, seed {config.seed}: {e}") from None
+            tested = tested_row(run.history, run.config)  # the validation numbers of the model that was tested
             runs.append({"seed": config.seed, "run_dir": str(run.path), "test_accuracy": run.metrics.get("accuracy"),
-                         "test_loss": run.metrics.get("loss"), "val_accuracy": last.get("val_accuracy"),
-                         "val_loss": last.get("val_loss"), "epochs": len(run.history),
+                         "test_loss": run.metrics.get("loss"), "val_accuracy": tested.get("val_accuracy"),
+                         "val_loss": tested.get("val_loss"), "epochs": len(run.history),
                          "train_seconds": run.metrics.get("train_seconds")})
             log(f"    test accuracy {runs[-1]['test_accuracy'] * 100:.2f}%"
                 + (f", val accuracy {runs[-1]['val_accuracy'] * 100:.2f}%" if runs[-1]["val_accuracy"] else ""))
@@ -197,7 +241,7 @@ def format_table(results: dict[str, Any]) -> str:
     """One line per cell: test and validation accuracy (mean ± sample std over seeds), seconds per run."""
     rows = [(c["label"], _pct(c["test_accuracy_mean"], c["test_accuracy_std"]),
              _pct(c["val_accuracy_mean"], c["val_accuracy_std"]),
-             "-" if c["train_seconds_mean"] is None else f"{c['train_seconds_mean']:.0f}", str(len(c["runs"])))
+             "-" if c["train_seconds_mean"] is None else f"{c['train_seconds_mean']:.1f}", str(len(c["runs"])))
             for c in results["cells"]]
     head = ("cell", "test acc % (mean ± std)", "val acc % (mean ± std)", "s/run", "seeds")
     widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
@@ -205,7 +249,8 @@ def format_table(results: dict[str, Any]) -> str:
     def line(r: tuple[str, ...]) -> str:
         return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
 
-    return "\n".join([f"{results['name']} ({results['seeds']} seeds each)", line(head),
+    seeds = f"{results['seeds']} seed{'s' if results['seeds'] != 1 else ''} each"
+    return "\n".join([f"{results['name']} ({seeds})", line(head),
                       "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
@@ -248,5 +293,5 @@ def summary_json(results: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in results.items() if k != "table"}
 
 
-__all__ = ["cell_label", "cells", "check_grid", "format_table", "load_grid", "make_cell_config", "mean_std",
-           "plot_results", "run_grid", "summary_json"]
+__all__ = ["cell_folders", "cell_label", "cells", "check_grid", "format_table", "load_grid", "make_cell_config",
+           "mean_std", "plot_results", "run_grid", "summary_json", "tested_row"]

@@ -33,7 +33,7 @@ from .explain import (
     plot_saliency,
 )
 from .models import count_params, layer_table
-from .runs import Run, load_run, run_data
+from .runs import Run, is_run_file, load_run, run_data
 
 # (id, heading): the page's sections, in order; tests check that each one is there
 SECTIONS = (
@@ -142,6 +142,8 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, 
     """Write one self-contained HTML page about a run (default RUN_DIR/report.html) and return its path.
     The test set is the run's own (its `data` and `limit_test`); test digit `index` is the one explained."""
     run = load_run(run_dir)
+    if out is not None and is_run_file(run.path, Path(out)):
+        raise MnistCnnError(f"{out} is one of the run's own files; write the report to another path")
     data = data if data is not None else run_data(run)
     if not 0 <= index < len(data.x_test):
         raise MnistCnnError(f"test index {index} is out of range: the test set has {len(data.x_test)} images")

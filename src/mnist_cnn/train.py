@@ -479,11 +479,12 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
                 raise _StopRequested
     except _StopRequested:
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {out / 'checkpoints'}; "
-                                  f"continue with: mnist-cnn train --resume {out}", stop_requested[0]) from None
+                                  f"continue with: mnist-cnn train --resume {out}", stop_requested[0],
+                                  str(out)) from None
     except KeyboardInterrupt:  # mid-step, so no checkpoint now: the newest one on disk is consistent
         raise TrainingInterrupted(f"interrupted during step {step}; continue from the newest checkpoint in "
                                   f"{out / 'checkpoints'} with: mnist-cnn train --resume {out}",
-                                  stop_requested[-1] if stop_requested else signal.SIGINT) from None
+                                  stop_requested[-1] if stop_requested else signal.SIGINT, str(out)) from None
 
     # ---- final weights, then the test set, once ----
     final = ema.model if ema else model

@@ -23,3 +23,31 @@ def test_metrics_by_hand():
     assert m["weighted"]["recall"] == pytest.approx(4 / 6)  # weighted recall is accuracy
     assert m["weighted"]["precision"] == pytest.approx((3 * 1 + 2 * 0.5 + 1 * 0.5) / 6)
     assert "   macro" in format_metrics(m) and "weighted" in format_metrics(m)
+
+
+def test_evaluate_takes_a_run_or_model_and_images_as_mnist_holds_them_and_refuses_the_rest(trained_run, mnist):
+    import numpy as np
+
+    from mnist_cnn import MnistCnnError, evaluate
+
+    x, y = mnist.x_test[:200], mnist.y_test[:200]
+    expected = evaluate(trained_run.model, x, y)
+    for same in [(trained_run, x, y), (trained_run.model, x.numpy(), y.numpy()),
+                 (trained_run.model, x[:, None].float() / 255, y.to(torch.uint8))]:
+        assert evaluate(*same)["accuracy"] == expected["accuracy"]
+    probs = trained_run.predict_proba(x)  # uint8 as MnistData holds them, like the model's own input
+    assert torch.allclose(probs, trained_run.predict_proba(x[:, None].float() / 255))
+    for args, message in [((trained_run.model, x[:, None].float(), y), r"float images must be in \[0, 1\], got "
+                                                                       r"values in \[0, 255\]: divide 0\.\.255"),
+                          ((trained_run.model, x.float() / 255, y), r"images must be uint8 \[N, 28, 28\] .*got "
+                                                                    r"torch\.float32 of shape \(200, 28, 28\)"),
+                          ((trained_run.model, x, y.float()), r"labels must be one integer per image \[N\], got "
+                                                              r"torch\.float32"),
+                          ((trained_run.model, x, y[:100]), r"100 labels for 200 images"),
+                          ((trained_run.model, x[:0], y[:0]), r"0 labels for 0 images: expected as many, and at least"),
+                          ((trained_run.model, x, y + 1), r"labels must be 0\.\.9, got values in \[1, 10\]"),
+                          ((str(trained_run.path), x, y), r"expected a model \(a torch nn\.Module, e\.g\. run\.model\) "
+                                                          r"or a Run; a run directory's path is read with load_run"),
+                          ((trained_run.model, np.eye(10)[y.numpy()], y), r"images must be uint8")]:
+        with pytest.raises(MnistCnnError, match=message):
+            evaluate(*args)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import to_float
 from .spec import Layer, ModelSpec, infer_shapes
 
 _ACT = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "selu": nn.SELU,
@@ -208,9 +209,11 @@ class SpecModel(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities in eval mode whatever mode the model is in, like Keras's predict; on x's device."""
+        """Class probabilities in eval mode whatever mode the model is in, like Keras's predict; on x's device.
+        `x`: float [N, 1, 28, 28] in [0, 1], or uint8 [N, 28, 28] as MnistData holds images."""
+        xf = to_float(x) if x.dtype == torch.uint8 and x.ndim == 3 else x
         with evaluating(self):
-            return torch.softmax(self(x.to(device_of(self))).float(), dim=1).to(x.device)
+            return torch.softmax(self(xf.to(device_of(self))).float(), dim=1).to(x.device)
 
 
 def device_of(model: nn.Module) -> torch.device:

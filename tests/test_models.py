@@ -178,3 +178,15 @@ def test_dropout_drops_its_rate_scales_the_rest_and_passes_gradients_through_the
     assert torch.equal(drop(x), y)  # the mask comes from torch's generator: seeded runs repeat
     assert not torch.equal(drop(x), y)  # and the stream advances
     assert drop.eval()(x) is x
+
+
+def test_summary_and_counts_take_what_a_keras_user_has_at_hand(trained_run):
+    from mnist_cnn import MnistCnnError, load_run
+
+    table = summary(get_spec("keras-basic"))
+    for same in ("keras-basic", build_model("keras-basic"), trained_run, trained_run.model):
+        assert summary(same) == table
+    assert count_params(build_model(get_spec("mlp"))) == (407_050, 407_050, 0)
+    assert load_run(trained_run) is trained_run  # a Run where a run directory is expected is taken as it is
+    with pytest.raises(MnistCnnError, match=r"expected a ModelSpec, a model built from one, a Run, .*got int"):
+        summary(3)

@@ -196,6 +196,18 @@ def test_predict_arrays_takes_bytes_or_unit_floats_in_either_layout_and_refuses_
             predict_arrays(trained_run, bad)
 
 
+def test_a_pillow_image_or_encoded_bytes_predict_as_their_file_does(trained_run, tmp_path):
+    im = seven("RGB", ink=(200, 30, 30), paper=(250, 250, 240))
+    (tmp_path / "seven.png").write_bytes(encode(im))
+    assert np.array_equal(load_image(im), load_image(tmp_path / "seven.png"))
+    on_file = predict_files(trained_run, tmp_path / "seven.png")[0]
+    in_memory = predict_files(trained_run, [im, encode(im)], show_preprocessed_dir=tmp_path / "seen")
+    assert np.allclose([r["probabilities"] for r in in_memory], [on_file["probabilities"]] * 2, atol=1e-6)  # batch of 2
+    assert [r["file"] for r in in_memory] == ["<300x200 RGB image>", "<uploaded bytes>"]
+    assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == ["300x200-RGB-image.png", "uploaded-bytes.png"]
+    assert predict_files(trained_run, im)[0]["probabilities"] == on_file["probabilities"]  # one image, not a list
+
+
 def test_predict_files_text_json_and_name_clashes(trained_run, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import to_float
+from .errors import MnistCnnError
 from .spec import Layer, ModelSpec, infer_shapes
+from .zoo import get_spec
 
 _ACT = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "selu": nn.SELU,
         "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.2),
@@ -248,8 +251,8 @@ def reset_parameters(model: nn.Module) -> None:
             m.reset_parameters()
 
 
-def build_model(spec: ModelSpec) -> SpecModel:
-    return SpecModel(spec)
+def build_model(spec: ModelSpec | str) -> SpecModel:
+    return SpecModel(spec_of(spec))
 
 
 def _count(module: nn.Module) -> tuple[int, int]:
@@ -287,13 +290,26 @@ def _totals(rows: list[dict]) -> tuple[int, int, int]:
     return trainable + fixed, trainable, fixed
 
 
-def count_params(spec: ModelSpec) -> tuple[int, int, int]:
+def spec_of(model: ModelSpec | nn.Module | str | os.PathLike | object) -> ModelSpec:
+    """The spec itself, that of a built model or a Run (their `.spec`), or a named model's or spec file's."""
+    if isinstance(model, ModelSpec):
+        return model
+    if isinstance(getattr(model, "spec", None), ModelSpec):
+        return model.spec
+    if isinstance(model, (str, os.PathLike)):
+        return get_spec(model)
+    raise MnistCnnError(f"expected a ModelSpec, a model built from one, a Run, or a model's name or spec file, "
+                        f"got {type(model).__name__}")
+
+
+def count_params(spec: ModelSpec | SpecModel | str) -> tuple[int, int, int]:
     """(total, trainable, non-trainable), the three totals under Keras's summary."""
-    return _totals(layer_table(spec))
+    return _totals(layer_table(spec_of(spec)))
 
 
-def summary(spec: ModelSpec) -> str:
-    """The table Keras's `model.summary()` prints, with the same numbers."""
+def summary(spec: ModelSpec | SpecModel | str) -> str:
+    """The table Keras's `model.summary()` prints, with the same numbers (of a spec, a model, a Run or a name)."""
+    spec = spec_of(spec)
     rows = layer_table(spec)
     cells = [(f"{r['name']} ({r['type']})", r["output_shape"], f"{r['params']:,}") for r in rows]
     w = [max(len(h), *(len(c[i]) for c in cells)) + 2 for i, h in enumerate(("Layer (type)", "Output Shape", "Param #"))]

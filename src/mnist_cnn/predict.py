@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -18,7 +19,7 @@ from .data import to_float
 from .errors import MnistCnnError
 from .evaluate import predict_logits
 from .models import SpecModel
-from .preprocess import ImageError, load_image
+from .preprocess import ImageError, ImageSource, image_name, is_pil_image, load_image
 from .runs import Run, load_run
 
 RunLike = Union[Run, SpecModel, str, "os.PathLike[str]"]
@@ -85,7 +86,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def _unique_name(path: Path, taken: set[str]) -> str:
-    stem, n = path.stem or "image", 1
+    stem, n = re.sub(r"[^\w.-]+", "-", path.stem).strip("-") or "image", 1  # "<uploaded bytes>" -> uploaded-bytes
     name = f"{stem}.png"
     while name in taken:  # a/1.png and b/1.png must not overwrite each other
         n += 1
@@ -97,11 +98,11 @@ def _unique_name(path: Path, taken: set[str]) -> str:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 
 
-def image_files(paths: Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
-    """The paths as given, with each folder replaced by its image files (by suffix, sorted, not its subfolders)."""
-    files: list[str | os.PathLike] = []
+def image_files(paths: Sequence[ImageSource]) -> list[ImageSource]:
+    """The images as given, with each folder replaced by its image files (by suffix, sorted, not its subfolders)."""
+    files: list[ImageSource] = []
     for path in paths:
-        if not Path(path).is_dir():
+        if not isinstance(path, (str, os.PathLike)) or not Path(path).is_dir():  # bytes and images pass as they are
             files.append(path)
             continue
         found = sorted(f for f in Path(path).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
@@ -111,15 +112,15 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
     return files
 
 
-def predict_files(run: RunLike, paths: str | os.PathLike | Sequence[str | os.PathLike],
+def predict_files(run: RunLike, paths: ImageSource | Sequence[ImageSource],
                   show_preprocessed_dir: str | os.PathLike | None = None, *, raw: bool = False,
                   skip_unreadable: bool = False) -> list[dict[str, Any]]:
-    """Preprocess each image file (folders: their image files) the MNIST way and predict it. Returns one dict per
-    file: file, digit, probability, top3 [{digit, probability}], probabilities (ten), and `preprocessed` (where
+    """Preprocess each image (a file's path, a folder: its image files; encoded bytes; a Pillow image) the MNIST way
+    and predict it. Returns one dict per image: file (its path, or what it is), digit, probability, top3 [{digit, probability}], probabilities (ten), and `preprocessed` (where
     the 28x28 input was written, when `show_preprocessed_dir` is given). `raw`: 28x28 images are fed as they are,
     without the MNIST preparation (see `preprocess.load_image`). A file that is not a usable image raises
     ImageError naming it, or with `skip_unreadable` gives {file, error} and the other files are still predicted."""
-    if isinstance(paths, (str, os.PathLike)):  # one file, not its name's characters
+    if isinstance(paths, (str, os.PathLike, bytes)) or is_pil_image(paths):  # one image, not its characters
         paths = [paths]
     paths = image_files(paths)
     if not paths:
@@ -129,11 +130,11 @@ def predict_files(run: RunLike, paths: str | os.PathLike | Sequence[str | os.Pat
     for path in paths:
         try:
             images.append(load_image(path, raw=raw))
-            results.append({"file": str(path)})
+            results.append({"file": image_name(path)})
         except ImageError as e:
             if not skip_unreadable:
                 raise
-            results.append({"file": str(path), "error": str(e)})
+            results.append({"file": image_name(path), "error": str(e)})
     readable = [r for r in results if "error" not in r]
     if images:
         for result, prob in zip(readable, predict_proba(model, to_model_input(np.stack(images)))):
@@ -141,7 +142,8 @@ def predict_files(run: RunLike, paths: str | os.PathLike | Sequence[str | os.Pat
     if show_preprocessed_dir is not None:
         out_dir = Path(show_preprocessed_dir)
         # the images given may live in that folder: their names are taken, so they are never written over
-        taken = {Path(r["file"]).name for r in results if Path(r["file"]).resolve().parent == out_dir.resolve()}
+        taken = {Path(p).name for p in paths if isinstance(p, (str, os.PathLike))
+                 and Path(p).resolve().parent == out_dir.resolve()}
         for result, image in zip(readable, images):
             target = out_dir / _unique_name(Path(result["file"]), taken)
             atomic_write_bytes(target, png_bytes(image))

@@ -24,7 +24,7 @@ from .errors import MnistCnnError
 if TYPE_CHECKING:  # Pillow is imported lazily: only image paths need it
     from PIL import Image
 
-ImageSource = Union[str, "os.PathLike[str]", bytes]
+ImageSource = Union[str, "os.PathLike[str]", bytes, "Image.Image"]  # a path, encoded bytes, or a Pillow image
 
 #: Images with more pixels than this are refused from their header, before any decoding:
 #: 25 Mpx covers phone photos; decoding one costs up to ~100 MB (RGBA) for a moment.
@@ -49,20 +49,30 @@ class ImageError(MnistCnnError):
         self.code = code
 
 
-def _describe(source: ImageSource, name: str | None) -> str:
+def image_name(source: ImageSource, name: str | None = None) -> str:
+    """What messages and results call an image: its path, or what it is when it has none."""
     if name:
         return name
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "<uploaded bytes>"
+    if is_pil_image(source):
+        return f"<{source.width}x{source.height} {source.mode} image>"
     return str(source)
+
+
+def is_pil_image(source: object) -> bool:
+    """A Pillow image, without importing Pillow for the paths and bytes that are the common case."""
+    return type(source).__module__.startswith("PIL.")
 
 
 def decode_image(source: ImageSource, *, name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode any supported image to a float32 grayscale array [H, W] in 0..255 (EXIF-rotated,
     alpha composited onto a background that contrasts with the visible ink)."""
-    label = _describe(source, name)
+    label = image_name(source, name)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(io.BytesIO(bytes(source)), label, max_pixels)
+    if is_pil_image(source):  # already decoded, in the caller's memory: no header to distrust
+        return _pixels(source, label)
     try:
         with open(Path(source), "rb") as f:
             return _decode(f, label, max_pixels)
@@ -100,6 +110,10 @@ def _decode(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
         raise
     except Exception as e:  # damaged data can make Pillow's decoders raise any type (TypeError for a bad TIFF tag)
         raise ImageError(f"{label}: truncated or corrupt image data ({e})", "truncated_image") from e
+    return _pixels(im, label)
+
+
+def _pixels(im: Image.Image, label: str) -> np.ndarray:
     try:
         return np.asarray(_shrink(_gray_image(im)), dtype=np.float32)
     except ValueError as e:  # a mode Pillow cannot convert to grayscale, such as LAB
@@ -228,7 +242,7 @@ def load_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
     Raises ImageError (a MnistCnnError) naming the file for: unreadable file, not an image,
     too many pixels (checked from the header, before decoding), truncated data, blank image, raw and not 28x28.
     """
-    label = _describe(source, name)
+    label = image_name(source, name)
     gray = decode_image(source, name=label, max_pixels=max_pixels)
     if not raw:
         return preprocess_array(gray, name=label)

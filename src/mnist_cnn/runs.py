@@ -158,8 +158,11 @@ def read_json(path: Path, default: Any) -> Any:
     return value
 
 
-def load_run(run_dir: str | os.PathLike) -> Run:
-    """Open a run directory (or a weights .safetensors file) for evaluation, prediction or export."""
+def load_run(run_dir: str | os.PathLike | Run) -> Run:
+    """Open a run directory (or a weights .safetensors file) for evaluation, prediction or export; a Run is
+    returned as it is."""
+    if isinstance(run_dir, Run):
+        return run_dir
     path = Path(run_dir)
     weights = path if path.is_file() else path / "model.safetensors"
     if (path / ENSEMBLE_FILE).exists():

@@ -64,7 +64,7 @@ def describe(probabilities: np.ndarray, k: int = 3) -> dict[str, Any]:
 def predict_arrays(run: RunLike, images: np.ndarray) -> list[dict[str, Any]]:
     """Predictions for MNIST-form images (no preprocessing is applied): [N, 28, 28], [28, 28], or with a channel
     axis of 1 ([N, 1, 28, 28] or [N, 28, 28, 1]); integers 0..255 or floats in [0, 1]."""
-    images = np.asarray(images)
+    images = given = np.asarray(images)
     if images.ndim == 2:
         images = images[None]
     if images.ndim == 4 and images.shape[1] == 1:  # the model's own NCHW layout
@@ -72,7 +72,8 @@ def predict_arrays(run: RunLike, images: np.ndarray) -> list[dict[str, Any]]:
     elif images.ndim == 4 and images.shape[3] == 1:  # Keras's NHWC
         images = images[..., 0]
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise MnistCnnError(f"expected images of shape [N, 28, 28], got {list(np.shape(images))}")
+        hint = "; for a photo or drawing of any size, use predict_files" if given.ndim in (2, 3) else ""
+        raise MnistCnnError(f"expected images of shape [N, 28, 28], got {list(given.shape)}{hint}")
     return [describe(p) for p in predict_proba(_model(run), to_model_input(images))]
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -216,3 +217,20 @@ def test_commands_that_do_not_plot_never_import_matplotlib():
             "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_one_digit_pictures_refuse_what_is_not_one_digit(trained_run, mnist):
+    from mnist_cnn import MnistCnnError
+    from mnist_cnn.explain import feature_maps, saliency
+
+    digit = mnist.x_test[0]
+    maps = feature_maps(trained_run.model, digit)
+    same = feature_maps(trained_run.model, digit.numpy()[None, None] / 255.0)  # the model's input form, as numpy
+    assert all(np.allclose(maps[k], same[k], atol=1e-5) for k in maps)
+    for bad, message in [(mnist.x_test[:2], r"expected one digit: uint8 \[28, 28\] .*got torch\.uint8 of shape "
+                                            r"\(2, 28, 28\)"),
+                         (np.zeros((32, 32), np.uint8), r"got torch\.uint8 of shape \(32, 32\)"),
+                         (digit.float(), r"a float digit must be in \[0, 1\], got values in \[0, 255\]")]:
+        for picture in (feature_maps, saliency):
+            with pytest.raises(MnistCnnError, match=message):
+                picture(trained_run.model, bad)

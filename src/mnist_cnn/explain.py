@@ -63,8 +63,14 @@ def _finish(fig: Any, path: str | os.PathLike | None) -> bytes:
 
 
 def _as_input(image: Digit) -> torch.Tensor:
-    x = torch.as_tensor(image)
-    return to_float(x[None]) if x.dtype == torch.uint8 else x.reshape(1, 1, *x.shape[-2:]).float()
+    """One digit, uint8 [28, 28] or floats in [0, 1] ([28, 28] or [1, 1, 28, 28]), as the model's input."""
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).squeeze()
+    if x.shape != (28, 28) or not (x.dtype == torch.uint8 or x.is_floating_point()):
+        raise MnistCnnError(f"expected one digit: uint8 [28, 28] or floats in [0, 1], got {x.dtype} of shape "
+                            f"{tuple(torch.as_tensor(image).shape)}")
+    if x.is_floating_point() and (x.min() < 0 or x.max() > 1):
+        raise MnistCnnError(f"a float digit must be in [0, 1], got values in [{x.min().item():g}, {x.max().item():g}]")
+    return to_float(x[None]) if x.dtype == torch.uint8 else x.reshape(1, 1, 28, 28).float()
 
 
 def _show_digit(ax: Any, image: Digit, title: str = "") -> None:

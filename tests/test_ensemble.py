@@ -119,6 +119,8 @@ def test_evaluate_ensemble_reports_members_test_and_validation(members, mnist):
     assert metrics["size"] == 2 and metrics["count"] == 300 and len(metrics["members"]) == 2
     assert set(metrics["validation"]) >= {"ensemble", "ensemble_tta", "members"}
     assert metrics["validation"]["count"] == 200
+    with pytest.raises(MnistCnnError, match=r"seed-0 is given twice: an ensemble's members are different runs"):
+        evaluate_ensemble([runs[0], runs[1], runs[0]], data=mnist, limit_test=300, log=lambda *_: None)
 
 
 def test_cli_ensemble_writes_a_loadable_dir(members, mnist, tmp_path, capsys):

@@ -229,6 +229,10 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
     """
     if not runs:
         raise MnistCnnError("an ensemble needs at least one run")
+    paths = [r.path.resolve() for r in runs]
+    twice = next((r.path for r, p in zip(runs, paths) if paths.count(p) > 1), None)
+    if twice is not None:  # it would count double in the average
+        raise MnistCnnError(f"{twice} is given twice: an ensemble's members are different runs")
     data = data if data is not None else load_mnist(runs[0].config.get("data"))
     x_test, y_test = data.x_test[:limit_test], data.y_test[:limit_test]
     plain = ensemble_of([r.model for r in runs], False, [str(r.path) for r in runs])

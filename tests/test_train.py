@@ -116,6 +116,22 @@ def test_keras_rmsprop_matches_the_keras_formula():
     assert torch.allclose(w.detach(), expected)
 
 
+def test_keras_adam_matches_the_keras_formula_at_every_step():
+    # Keras: w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps), eps added BEFORE the bias correction
+    from mnist_cnn.optim import make_optimizer
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    opt = make_optimizer("adam", [w], 0.01)
+    expected, m, v = w.detach().clone(), torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for t, g in enumerate([[0.5, 1e-6, 1e-8], [-0.3, 2e-6, 1e-8], [0.1, -1e-6, 3e-8]], start=1):
+        g = torch.tensor(g, dtype=torch.float64)
+        w.grad = g.clone()
+        opt.step()
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        expected -= 0.01 * (1 - 0.999 ** t) ** 0.5 / (1 - 0.9 ** t) * m / (v.sqrt() + 1e-7)
+        assert torch.allclose(w.detach(), expected, rtol=1e-12, atol=1e-15), t
+
+
 def test_learning_rate_schedules():
     assert learning_rate("constant", 0.1, 500, 100, 1000) == 0.1
     assert learning_rate("exponential", 1.0, 250, 100, 1000) == pytest.approx(0.95 ** 2)

@@ -90,6 +90,13 @@ _TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "no_dropout", "data", "batc
                    "checkpoint_every")
 
 
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    """The flags among `names` that the user gave, as typed (a store_true flag counts when set)."""
+    # `is`, not `in (None, False)`: 0 == False, and --seed 0 is a given setting
+    return [f"--{name.replace('_', '-')}" for name in names if (value := getattr(args, name)) is not None
+            and value is not False]
+
+
 def _log_to(stream: TextIO) -> Callable[[str], None]:
     """print to `stream`; once its reader has gone (`mnist-cnn train | head`), keep training and print nothing."""
     def log(message: str) -> None:
@@ -116,12 +123,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                    "shear": args.shear or 0, "zoom": args.zoom or 0}
     log = _log_to(sys.stderr if args.json else sys.stdout)
     if args.resume:
-        # the run's saved settings define it; only its length may change
-        # `is`, not `in (None, False)`: 0 == False, and --seed 0 is a given setting
-        given = [name for name in _TRAIN_SETTINGS if (value := getattr(args, name)) is not None and value is not False]
+        given = _given(args, _TRAIN_SETTINGS)  # the run's saved settings define it; only its length may change
         if given:
             raise MnistCnnError(f"--resume continues {args.resume} with its saved settings; only --epochs may be "
-                                f"given with it, got --{given[0].replace('_', '-')}")
+                                f"given with it, got {given[0]}")
         overrides = make_config(epochs=args.epochs) if args.epochs is not None else None
         run = train(overrides, resume=args.resume, log=log)
     else:
@@ -184,11 +189,10 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
 
     log = _log_to(sys.stderr if args.json else sys.stdout)
     check_ensemble_out(args.out)  # before any training or evaluation, which may take hours
-    if not args.train:  # these shape the members --train trains: without it they would be ignored silently
-        for flag in ("recipe", "model", "epochs", "seed", "limit_train", "val_size"):
-            if getattr(args, flag) is not None:
-                raise MnistCnnError(f"--{flag.replace('_', '-')} is for the members that --train N trains; "
-                                    "finished runs keep their own")
+    # these shape the members --train trains: without it they would be ignored silently
+    given = [] if args.train else _given(args, ("recipe", "model", "epochs", "seed", "limit_train", "val_size"))
+    if given:
+        raise MnistCnnError(f"{given[0]} is for the members that --train N trains; finished runs keep their own")
     runs = [load_run(d) for d in args.run_dirs]
     sources = {run.config.get("data") for run in runs}
     if len(sources) > 1 and not args.data:  # members of one ensemble answer the same question

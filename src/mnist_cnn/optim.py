@@ -55,19 +55,18 @@ class KerasAdam(torch.optim.Adam):
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-3, eps: float = 1e-7):
         # fused: one kernel per tensor, 66 against 160 us per step for foreach on fast-cnn
         # (benchmarks/speed_ladder.py --optimizer-steps)
-        super().__init__(params, lr=lr, betas=(0.9, 0.999), eps=eps, fused=True)
+        super().__init__(params, lr=lr, betas=(0.9, 0.999), eps=eps, fused=True)  # defaults["eps"]: Keras's eps
         for group in self.param_groups:
-            group["keras_eps"], group["t"] = eps, 0  # in param_groups, so checkpoints carry them
+            group["t"] = 0  # in param_groups, so checkpoints carry it
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch's signature
         for group in self.param_groups:
-            if "t" not in group:  # a checkpoint from before these keys: its step count, read once
-                group["keras_eps"] = 1e-7
+            if "t" not in group:  # a checkpoint from before this key: its step count, read once
                 group["t"] = max((int(self.state[p]["step"]) for p in group["params"] if "step" in self.state[p]),
                                  default=0)
             group["t"] += 1  # the step count Adam's bias correction uses, kept on the host: no device sync
-            group["eps"] = group["keras_eps"] / math.sqrt(1 - group["betas"][1] ** group["t"])
+            group["eps"] = self.defaults["eps"] / math.sqrt(1 - group["betas"][1] ** group["t"])
         return super().step(closure)
 
 

@@ -134,9 +134,10 @@ def test_cli_ensemble_writes_a_loadable_dir(members, mnist, tmp_path, capsys):
     ens = load_ensemble(out)
     assert ens.model.tta and ens.metrics["accuracy"] == saved["accuracy"]
     assert main(["ensemble", "--out", str(tmp_path / "none")]) == 2
-    # an ensemble is not a run, and a run's folder is not an ensemble's --out
-    assert main(["evaluate", str(out)]) == 2
-    assert "is an ensemble directory, not a run directory" in capsys.readouterr().err
+    # an ensemble is not a run (report and explain show one model), and a run's folder is not an ensemble's --out
+    assert main(["report", str(out)]) == 2
+    assert ("is an ensemble directory, not a run directory: evaluate, predict, export and serve take it; report and "
+            "explain take one of its members") in capsys.readouterr().err
     assert main(["ensemble", str(runs[0].path), "--out", str(runs[1].path), "--limit-test", "100"]) == 2
     assert "holds a training run; write the ensemble to another --out" in capsys.readouterr().err
     assert (runs[1].path / "model.safetensors").exists() and "kind" not in json.loads(
@@ -166,6 +167,13 @@ def test_cli_ensemble_refuses_runs_of_different_data_and_records_the_members_dat
                  "--out", str(tmp_path / "ens")]) == 0
     member = json.loads((tmp_path / "ens" / "members" / "seed-0" / "config.json").read_text())
     assert member["data"] == str(tmp_path / "small.npz")
+    # the ensemble records that data too: evaluating it tests the same 100 images, not the bundled MNIST's
+    assert json.loads((tmp_path / "ens" / "config.json").read_text())["data"] == str(tmp_path / "small.npz")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "ens"), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["count"] == 100 and evaluated["accuracy"] == json.loads(
+        (tmp_path / "ens" / "metrics.json").read_text())["accuracy"]
 
 
 def test_a_member_folder_is_resumed_when_interrupted_and_replaced_when_its_config_changed(mnist, tmp_path):
@@ -196,3 +204,74 @@ def test_a_member_folder_is_retrained_when_its_spec_file_was_edited(mnist, tmp_p
     assert not any("reusing" in s for s in said)
     reuse_or_train(config, data=mnist, log=said.append)  # unchanged since: reused
     assert "reusing" in said[-1]
+
+
+@pytest.fixture(scope="module")
+def ensemble_dir(members, tmp_path_factory):
+    """An ensemble of the two members with TTA, written by the CLI."""
+    _, _, runs = members
+    out = tmp_path_factory.mktemp("ensemble") / "ens"
+    assert main(["ensemble", str(runs[0].path), str(runs[1].path), "--out", str(out), "--tta",
+                 "--limit-test", "300"]) == 0
+    return out
+
+
+def test_an_ensemble_directory_is_evaluated_and_predicted_like_a_run(members, ensemble_dir, mnist, tmp_path,
+                                                                    monkeypatch, capsys):
+    _, _, runs = members
+    config = json.loads((ensemble_dir / "config.json").read_text())
+    assert config["members"] == [str(r.path.absolute()) for r in runs] and config["limit_test"] == 300
+    monkeypatch.chdir(tmp_path)  # opened from another folder than the one it was made in
+    capsys.readouterr()
+    assert main(["evaluate", str(ensemble_dir), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    saved = json.loads((ensemble_dir / "metrics.json").read_text())
+    assert evaluated["model"] == "ensemble-2xkeras-basic-tta" and evaluated["count"] == 300
+    assert evaluated["accuracy"] == saved["accuracy"] and evaluated["confusion"] == saved["confusion"]
+    from PIL import Image
+
+    from mnist_cnn.predict import to_model_input
+    from mnist_cnn.preprocess import load_image
+
+    Image.fromarray(mnist.x_test[0].numpy()).resize((112, 112)).save(tmp_path / "digit.png")
+    assert main(["predict", str(ensemble_dir), "digit.png", "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)[0]
+    expected = load_ensemble(ensemble_dir).predict_proba(to_model_input(load_image("digit.png")[None]))[0]
+    assert np.allclose(predicted["probabilities"], expected.numpy(), atol=1e-6)
+    assert predicted["digit"] == int(expected.argmax()) == int(mnist.y_test[0])
+
+
+def test_an_ensemble_exports_as_one_onnx_or_torchscript_graph(ensemble_dir, mnist, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="ONNX checks need the 'export' extra")
+    from mnist_cnn.export import run_exported
+
+    ens = load_ensemble(ensemble_dir)
+    x = mnist.x_test[:64]
+    expected = ens.predict_proba(to_float(x)).numpy()
+    for name in ("ens.onnx", "ens.pt"):
+        assert main(["export", str(ensemble_dir), "--out", str(tmp_path / name), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["max_abs_diff_1000_test_images"] < 1e-4
+        probabilities = torch.softmax(torch.from_numpy(run_exported(tmp_path / name, x)), 1).numpy()
+        assert np.allclose(probabilities, expected, atol=1e-5)  # all 2 members x 5 shifts are in the graph
+    assert main(["export", str(ensemble_dir), "--out", str(tmp_path / "ens.safetensors")]) == 2
+    assert f"{ensemble_dir / ENSEMBLE_FILE} already holds it; export it as .onnx or .pt" in capsys.readouterr().err
+    assert not (tmp_path / "ens.safetensors").exists()
+
+
+def test_an_ensemble_directory_is_served(ensemble_dir):
+    pytest.importorskip("fastapi", reason="the service needs the 'serve' extra")
+    import warnings
+
+    from mnist_cnn.serve import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    client = TestClient(create_app(ensemble_dir))
+    model = client.get("/healthz").json()["model"]
+    assert model == {"name": "ensemble-2xkeras-basic-tta", "run": "ens", "params": 2 * 93_322,
+                     "test_accuracy": json.loads((ensemble_dir / "metrics.json").read_text())["accuracy"]}
+    x = np.zeros((28, 28), np.uint8)
+    got = client.post("/v1/predict", json={"images": [x.tolist()], "value_range": "byte"}).json()
+    expected = load_ensemble(ensemble_dir).predict_proba(torch.zeros(1, 1, 28, 28))[0]
+    assert np.allclose(got["predictions"][0]["probabilities"], expected.numpy(), atol=1e-6)

@@ -148,10 +148,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 @command
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .ensemble import load_model
     from .evaluate import evaluate, format_metrics
-    from .runs import load_run, run_data
+    from .runs import run_data
 
-    run = load_run(args.run_dir)
+    run = load_model(args.run_dir)
     data = run_data(run, args.data)
     # by default the run's own test set, as train and report measured it; --data or --limit-test choose another
     limit = args.limit_test or (None if args.data else run.config.get("limit_test"))
@@ -216,7 +217,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     if not runs:
         raise MnistCnnError("give RUN_DIR arguments, --train N, or both")
     model, metrics = evaluate_ensemble(runs, tta=args.tta, data=data, limit_test=args.limit_test, log=log)
-    out = write_ensemble(args.out, model, metrics)
+    out = write_ensemble(args.out, model, metrics, data=data_path, limit_test=args.limit_test)
     log(f"ensemble saved in {out}")
     if args.json:
         _print_json({"out": str(out), **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion")}})
@@ -256,10 +257,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 @command
 def cmd_export(args: argparse.Namespace) -> None:
+    from .ensemble import load_model
     from .export import check_parity, export_model, format_for
-    from .runs import load_run, run_data
+    from .runs import run_data
 
-    run = load_run(args.run_dir)
+    run = load_model(args.run_dir)
     fmt = format_for(args.out, args.format)
     path = export_model(run, fmt, args.out)
     images = run_data(run, args.data).x_test[:1000]  # the run's own test set
@@ -277,6 +279,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise MnistCnnError(f"serve needs the 'serve' extra ({e.name} is not installed): "
                             "pip install 'mnist-cnn[serve]'") from None
     serve(args.run_dir, args.host, args.port)
+
+
+_RUN_OR_ENSEMBLE = "a run directory, or an ensemble's (mnist-cnn ensemble ... --out DIR)"
 
 
 def _add_data_option(p: argparse.ArgumentParser) -> None:
@@ -341,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last good checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
-    p = sub.add_parser("evaluate", help="evaluate a run on the test set: accuracy, per-class metrics, confusion")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = sub.add_parser("evaluate", help="evaluate a run or ensemble on the test set: accuracy, per-class metrics, confusion")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
     _add_data_option(p)
     p.add_argument("--limit-test", type=int, help="the first N test images (default: as many as the run was tested on)")
     p.add_argument("--json", action="store_true")
@@ -387,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compute_options(p)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p = sub.add_parser("predict", help="predict the digit in your own image files (PNG, JPEG, GIF, BMP, ...)")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders of them")
     p.add_argument("--show-preprocessed", metavar="DIR", help="write the 28x28 images the model was fed here")
     p.add_argument("--raw", action="store_true", help="feed 28x28 images as they are, without the MNIST preparation "
@@ -395,14 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("export", help="export a run's model: onnx, torchscript or safetensors")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
     p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], help="default: from --out's suffix")
     p.add_argument("--out", required=True, metavar="FILE")
     _add_data_option(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("serve", help="HTTP inference service with a drawing page at /")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     return parser

@@ -96,6 +96,11 @@ class EnsembleModel(nn.Module):
     def num_classes(self) -> int:
         return self.members[0].spec.num_classes
 
+    @property
+    def name(self) -> str:
+        names = sorted({m.spec.name for m in self.members})
+        return f"ensemble-{len(self.members)}x{'+'.join(names)}" + ("-tta" if self.tta else "")
+
     def with_shifts(self, shifts: Sequence[Sequence[int]] | None) -> EnsembleModel:
         """The same members (shared, not copied) with other TTA shifts."""
         return EnsembleModel(list(self.members), shifts, self.sources)
@@ -135,7 +140,12 @@ def ensemble_runs(run_dirs: Sequence[str | os.PathLike], tta: bool | Sequence[Se
     if not run_dirs:
         raise MnistCnnError("an ensemble needs at least one run directory")
     runs = [load_run(d) for d in run_dirs]
-    return ensemble_of([r.model for r in runs], tta, [str(r.path) for r in runs])
+    return ensemble_of([r.model for r in runs], tta, _sources(runs))
+
+
+def _sources(runs: Sequence[Run]) -> list[str]:
+    """Where the members came from, absolute: the ensemble is opened later from other folders."""
+    return [str(r.path.absolute()) for r in runs]
 
 
 def save_ensemble(path: str | os.PathLike, model: EnsembleModel, extra: dict[str, Any] | None = None) -> Path:
@@ -177,8 +187,7 @@ class EnsembleRun:
 
     @property
     def name(self) -> str:
-        names = sorted({m.spec.name for m in self.model.members})
-        return f"ensemble-{len(self.model.members)}x{'+'.join(names)}" + ("-tta" if self.model.tta else "")
+        return self.model.name
 
     @property
     def num_params(self) -> int:
@@ -235,7 +244,7 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
         raise MnistCnnError(f"{twice} is given twice: an ensemble's members are different runs")
     data = data if data is not None else load_mnist(runs[0].config.get("data"))
     x_test, y_test = data.x_test[:limit_test], data.y_test[:limit_test]
-    plain = ensemble_of([r.model for r in runs], False, [str(r.path) for r in runs])
+    plain = ensemble_of([r.model for r in runs], False, _sources(runs))
     model = plain.with_shifts(DEFAULT_SHIFTS) if tta else plain
     member_logits = [predict_logits(r.model, x_test) for r in runs]
     members = []
@@ -284,13 +293,17 @@ def check_ensemble_out(out: str | os.PathLike) -> Path:
     return out
 
 
-def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[str, Any]) -> Path:
-    """The ensemble directory: ensemble.safetensors + metrics.json + config.json (its members)."""
+def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[str, Any], *,
+                   data: str | os.PathLike | None = None, limit_test: int | None = None) -> Path:
+    """The ensemble directory: ensemble.safetensors + metrics.json + config.json (its members, and the test data
+    it was measured on, which `mnist-cnn evaluate ENSEMBLE_DIR` tests again as it does for a run)."""
     out = make_dir(check_ensemble_out(out))
     save_ensemble(out, model)
     atomic_write_json(out / "metrics.json", metrics)
+    where = None if data is None else str(Path(data).absolute() if Path(data).exists() else data)
     atomic_write_json(out / "config.json", {"kind": "ensemble", "members": model.sources,
-                                            "shifts": [list(s) for s in model.shifts]})
+                                            "shifts": [list(s) for s in model.shifts], "data": where,
+                                            "limit_test": limit_test})
     return out
 
 

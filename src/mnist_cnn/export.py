@@ -30,6 +30,10 @@ safetensors (the weights plus the architecture as JSON in the file's metadata)::
         spec = json.loads(f.metadata()["spec"])       # {"name": ..., "layers": [...]}
     # Keys are PyTorch names: layers.<i>.<j>.weight is spec layer i, conv kernels OIHW.
     # With this package: mnist_cnn.runs.load_weights("model.safetensors") rebuilds the model.
+
+An ensemble (`mnist-cnn ensemble ... --out DIR`, then `export DIR`) exports as ONNX or TorchScript: one graph
+that averages its members' softmax (over the TTA shifts too); its "logits" are the log of that average, and
+"spec" in the metadata lists the members' specs and the shifts. Its safetensors file is DIR/ensemble.safetensors.
 """
 
 from __future__ import annotations
@@ -49,16 +53,17 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
+from .ensemble import EnsembleModel, EnsembleRun, load_model
 from .errors import MnistCnnError
 from .models import SpecModel
-from .runs import Run, is_run_file, load_run, load_weights, save_weights
+from .runs import ENSEMBLE_FILE, Run, is_run_file, load_weights, save_weights
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
             ".safetensors": "safetensors"}
 ONNX_OPSET = 18  # the torch.export-based exporter's native opset; onnxruntime >= 1.14 runs it
 
-RunLike = Union[Run, SpecModel, str, "os.PathLike[str]"]
+RunLike = Union[Run, EnsembleRun, SpecModel, EnsembleModel, str, "os.PathLike[str]"]
 
 
 class _WithProbabilities(nn.Module):
@@ -73,18 +78,21 @@ class _WithProbabilities(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
-def _resolve(run_or_model: RunLike) -> tuple[SpecModel, dict[str, Any]]:
-    """The model (eval mode, CPU) and identity metadata from a Run, a model or a run directory."""
+def _resolve(run_or_model: RunLike) -> tuple[SpecModel | EnsembleModel, dict[str, Any]]:
+    """The model (eval mode, CPU) and identity metadata from a run or ensemble, its directory, or a model."""
     if isinstance(run_or_model, (str, os.PathLike)):
-        run_or_model = load_run(run_or_model)
-    if isinstance(run_or_model, Run):
+        run_or_model = load_model(run_or_model)
+    if isinstance(run_or_model, (Run, EnsembleRun)):
         meta = {"run": run_or_model.path.name, "test_accuracy": run_or_model.metrics.get("accuracy")}
         model = run_or_model.model
-    elif isinstance(run_or_model, SpecModel):
+    elif isinstance(run_or_model, (SpecModel, EnsembleModel)):
         model, meta = run_or_model, {}
     else:
-        raise MnistCnnError(f"cannot export {type(run_or_model).__name__}: expected a run directory, Run or SpecModel")
-    meta = {"name": model.spec.name, "spec": model.spec.to_dict(), **meta}
+        raise MnistCnnError(f"cannot export {type(run_or_model).__name__}: expected a run or ensemble directory, "
+                            "Run or SpecModel")
+    # "spec" is the architecture; an ensemble's is its members' specs, TTA shifts and how they combine
+    architecture = model.describe() if isinstance(model, EnsembleModel) else model.spec.to_dict()
+    meta = {"name": model.name if isinstance(model, EnsembleModel) else model.spec.name, "spec": architecture, **meta}
     return copy.deepcopy(model).cpu().eval(), meta  # a copy: the caller's model keeps its device and mode
 
 
@@ -107,10 +115,14 @@ def export_model(run_or_model: RunLike, fmt: str | None, out_path: str | os.Path
     out = Path(out_path)
     fmt = format_for(out, fmt)
     if isinstance(run_or_model, (str, os.PathLike)):
-        run_or_model = load_run(run_or_model)
-    if isinstance(run_or_model, Run) and is_run_file(run_or_model.path, out):
+        run_or_model = load_model(run_or_model)
+    if isinstance(run_or_model, (Run, EnsembleRun)) and is_run_file(run_or_model.path, out):
         raise MnistCnnError(f"{out} is one of the exported run's own files; export to another path")
     model, meta = _resolve(run_or_model)
+    if fmt == "safetensors" and isinstance(model, EnsembleModel):  # save_weights holds one model
+        where = (f"{run_or_model.path / ENSEMBLE_FILE} already holds it" if isinstance(run_or_model, EnsembleRun)
+                 else "mnist_cnn.ensemble.save_ensemble writes it")
+        raise MnistCnnError(f"an ensemble's safetensors file is its own: {where}; export it as .onnx or .pt")
     if fmt == "safetensors":
         # The run's own weights format (checksummed; spec in metadata), so load_run() reads it back.
         return save_weights(out, model, {k: v for k, v in meta.items() if k != "spec"})
@@ -118,7 +130,7 @@ def export_model(run_or_model: RunLike, fmt: str | None, out_path: str | os.Path
     return atomic_write_bytes(out, data)
 
 
-def _onnx_bytes(model: SpecModel, meta: dict[str, Any]) -> bytes:
+def _onnx_bytes(model: SpecModel | EnsembleModel, meta: dict[str, Any]) -> bytes:
     try:
         import onnx
     except ImportError as e:
@@ -148,11 +160,12 @@ def _onnx_bytes(model: SpecModel, meta: dict[str, Any]) -> bytes:
     return proto.SerializeToString()
 
 
-def _torchscript_bytes(model: SpecModel, meta: dict[str, Any]) -> bytes:
+def _torchscript_bytes(model: SpecModel | EnsembleModel, meta: dict[str, Any]) -> bytes:
     with warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export, but TorchScript is still what
         # C++ (libtorch) and older runtimes load; the warning would only confuse users.
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # an ensemble's shift check sees the fixed 28x28
         traced = torch.jit.trace(model, torch.zeros(2, 1, 28, 28), check_trace=False)
         buf = io.BytesIO()
         torch.jit.save(traced, buf, _extra_files={"spec.json": json.dumps(meta["spec"]),

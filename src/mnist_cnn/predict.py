@@ -1,6 +1,7 @@
 """Predict digits on images: arrays already in MNIST form, or image files of any size and polarity.
 
-`mnist-cnn predict RUN_DIR IMAGE...` is `predict_files` + `format_predictions` (or JSON of the list).
+`mnist-cnn predict RUN_DIR IMAGE...` is `predict_files` + `format_predictions` (or JSON of the list); an
+ensemble's directory works wherever a run's does.
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ import torch
 from .atomic import atomic_write_bytes
 from .data import to_float
 from .errors import MnistCnnError
+from .ensemble import EnsembleModel, EnsembleRun, load_model
 from .evaluate import predict_logits
 from .models import SpecModel
 from .preprocess import ImageError, ImageSource, image_name, is_pil_image, load_image
-from .runs import Run, load_run
+from .runs import Run
 
-RunLike = Union[Run, SpecModel, str, "os.PathLike[str]"]
+RunLike = Union[Run, EnsembleRun, SpecModel, EnsembleModel, str, "os.PathLike[str]"]
 
 
-def _model(run: RunLike) -> SpecModel:
+def _model(run: RunLike) -> SpecModel | EnsembleModel:
+    """The model of a run or ensemble, or of its directory."""
     if isinstance(run, (str, os.PathLike)):
-        run = load_run(run)
-    return run.model if isinstance(run, Run) else run
+        run = load_model(run)
+    return run.model if isinstance(run, (Run, EnsembleRun)) else run
 
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
@@ -48,7 +51,7 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
     return to_float(np.ascontiguousarray(a, dtype=np.uint8))
 
 
-def predict_proba(model: SpecModel, x: torch.Tensor) -> np.ndarray:
+def predict_proba(model: SpecModel | EnsembleModel, x: torch.Tensor) -> np.ndarray:
     """Softmax probabilities [N, 10] for float input [N, 1, 28, 28], in eval mode on the model's device."""
     return torch.softmax(predict_logits(model, x), dim=1).cpu().numpy()
 

@@ -166,8 +166,8 @@ def load_run(run_dir: str | os.PathLike | Run) -> Run:
     path = Path(run_dir)
     weights = path if path.is_file() else path / "model.safetensors"
     if (path / ENSEMBLE_FILE).exists():
-        raise MnistCnnError(f"{path} is an ensemble directory, not a run directory; its config.json lists its "
-                            f"members' run directories")
+        raise MnistCnnError(f"{path} is an ensemble directory, not a run directory: evaluate, predict, export and "
+                            f"serve take it; report and explain take one of its members (its config.json lists them)")
     if not weights.exists() and checkpoint_paths(path):
         raise MnistCnnError(f"{path} holds an interrupted run (no model.safetensors yet); finish it with "
                             f"`mnist-cnn train --resume {path}`")

@@ -36,10 +36,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .ensemble import EnsembleRun, load_model
 from .errors import MnistCnnError
 from .predict import describe, to_model_input
 from .preprocess import MAX_PIXELS, load_image
-from .runs import Run, load_run
+from .runs import Run
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 10 * 1024 * 1024  # a phone photo fits; anything bigger is refused while reading
@@ -168,11 +169,11 @@ def _parse_arrays(payload: Any) -> torch.Tensor:
     return torch.from_numpy(out).unsqueeze(1)
 
 
-def create_app(run: Union[Run, str, os.PathLike[str]], *, max_body_bytes: int = MAX_BODY_BYTES,
+def create_app(run: Union[Run, EnsembleRun, str, os.PathLike[str]], *, max_body_bytes: int = MAX_BODY_BYTES,
                max_pixels: int = MAX_PIXELS, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
-    """The service for one trained run (a Run or a run directory)."""
-    if not isinstance(run, Run):
-        run = load_run(run)
+    """The service for one trained run or ensemble (a Run, an EnsembleRun, or its directory)."""
+    if not isinstance(run, (Run, EnsembleRun)):
+        run = load_model(run)
     model = run.model.cpu().eval()
     info = ModelInfo(name=run.name, run=run.path.name, params=run.num_params,
                      test_accuracy=run.metrics.get("accuracy"))

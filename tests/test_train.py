@@ -9,6 +9,7 @@ import torch
 
 from mnist_cnn import MnistCnnError, load_run, make_config, predict_logits, train
 from mnist_cnn.optim import KerasRMSprop, learning_rate
+from mnist_cnn.runs import load_tensors, load_weights
 
 
 def quick(tmp_path, name="run", **overrides):
@@ -72,6 +73,8 @@ def test_tutorial_recipes_are_the_defaults():
     ({"augment": {"rotation": -3}}, r"augment rotation=-3"),
     ({"recipe": "turbo"}, r"unknown recipe 'turbo'"),
     ({"early_stopping": True, "val_size": 100}, r"--early-stopping must be a positive patience, got True"),
+    ({"min_delta": -0.1, "early_stopping": 2, "val_size": 100}, r"--min-delta must be a number >= 0, got -0.1"),
+    ({"min_delta": 0.01}, r"--min-delta 0.01 is what --early-stopping and --restore-best count as an improvement"),
     ({"validation_split": "0.1"}, r"--validation-split must be a fraction in \[0, 1\), got '0.1'"),
     ({"out": 3}, r"--out must be a folder's path, got 3"),
     ({"model": torch.nn.Linear(784, 10)}, r"model must be a name or a spec file's path, got Linear\(.*write "
@@ -104,6 +107,28 @@ def test_early_stopping_and_best_checkpoint(mnist, tmp_path):
                       monitor="val_accuracy", restore_best=True, lr=0.5, optimizer="sgd"), mnist)
     assert (run.path / "best.safetensors").exists()
     assert len(run.history) <= 6
+
+
+def test_an_improvement_is_larger_than_min_delta_as_in_keras_early_stopping():
+    from mnist_cnn.train import improved
+
+    assert improved(0.9, None, "val_loss") and improved(0.0, None, "val_accuracy", 0.5)  # the first epoch is the best
+    assert improved(0.49, 0.5, "val_loss") and not improved(0.5, 0.5, "val_loss")
+    assert improved(0.51, 0.5, "val_accuracy") and not improved(0.5, 0.5, "val_accuracy")
+    assert not improved(0.495, 0.5, "val_loss", 0.01) and improved(0.489, 0.5, "val_loss", 0.01)
+    assert not improved(0.505, 0.5, "val_accuracy", 0.01) and improved(0.511, 0.5, "val_accuracy", 0.01)
+
+
+def test_min_delta_stops_after_patience_epochs_without_a_large_enough_gain(mnist, tmp_path):
+    # no epoch can beat the first one's accuracy by a whole 1.0: training stops after 1 + patience epochs
+    said = []
+    run = train(quick(tmp_path, epochs=6, limit_train=600, val_size=200, early_stopping=2, min_delta=1.0,
+                      monitor="val_accuracy", restore_best=True, verbose=1), mnist, log=said.append)
+    assert [row["epoch"] for row in run.history] == [1, 2, 3]
+    assert "Early stopping: val_accuracy did not improve by more than 1 for 2 epochs" in said
+    assert load_tensors(run.path / "best.safetensors")[1]["epoch"] == 1  # and the kept weights are epoch 1's
+    best = load_weights(run.path / "best.safetensors").state_dict()
+    assert all(torch.equal(v, best[k]) for k, v in run.model.state_dict().items())
 
 
 def test_keras_rmsprop_matches_the_keras_formula():

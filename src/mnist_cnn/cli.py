@@ -86,7 +86,7 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
 _TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "no_dropout", "data", "batch_size", "optimizer", "lr", "seed",
                    "validation_split", "val_size", "limit_train", "limit_test", "out", "rotation", "shift", "shear",
                    "zoom", "schedule", "lr_decay", "label_smoothing", "weight_decay", "ema", "early_stopping",
-                   "monitor", "restore_best", "precision", "threads", "device", "no_channels_last",
+                   "min_delta", "monitor", "restore_best", "precision", "threads", "device", "no_channels_last",
                    "checkpoint_every")
 
 
@@ -135,9 +135,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             optimizer=args.optimizer, lr=args.lr, seed=args.seed, validation_split=args.validation_split,
             val_size=args.val_size, limit_train=args.limit_train, limit_test=args.limit_test, out=args.out,
             augment=augment, schedule=args.schedule, lr_decay=args.lr_decay, label_smoothing=args.label_smoothing,
-            weight_decay=args.weight_decay, ema=args.ema, early_stopping=args.early_stopping, monitor=args.monitor,
-            restore_best=args.restore_best or None, precision=args.precision, threads=args.threads,
-            device=args.device, checkpoint_every=args.checkpoint_every, model_options=_model_options(args) or None,
+            weight_decay=args.weight_decay, ema=args.ema, early_stopping=args.early_stopping, min_delta=args.min_delta,
+            monitor=args.monitor, restore_best=args.restore_best or None, precision=args.precision,
+            threads=args.threads, device=args.device, checkpoint_every=args.checkpoint_every,
+            model_options=_model_options(args) or None,
             channels_last=False if args.no_channels_last else None)
         run = train(config, log=log)
     if args.json:
@@ -339,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, help="evaluate an exponential moving average of the weights (e.g. 0.999)")
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
     p.add_argument("--monitor", choices=["val_loss", "val_accuracy"])
+    p.add_argument("--min-delta", type=float, help="a smaller change of --monitor is no improvement (Keras's "
+                   "EarlyStopping min_delta; default 0)")
     p.add_argument("--restore-best", action="store_true", help="end with the best weights on --monitor")
     _add_compute_options(p)
     p.add_argument("--no-channels-last", action="store_true", help="keep PyTorch's default NCHW layout")

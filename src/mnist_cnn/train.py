@@ -11,6 +11,7 @@ averages the gradients (gloo on CPU, NCCL on GPU); only rank 0 writes files and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import os
 import reprlib
@@ -65,6 +66,7 @@ class TrainConfig:
     ema: float | None = None               # decay of the weight average used for evaluation, e.g. 0.999
     early_stopping: int | None = None      # patience in epochs, on `monitor`
     monitor: str = "val_loss"
+    min_delta: float = 0.0                 # Keras's EarlyStopping min_delta: smaller changes are no improvement
     restore_best: bool = False             # end with the best weights on `monitor` (Keras's restore_best_weights)
     precision: str = "auto"                # "bf16": autocast convs/matmuls to bfloat16; auto = bf16 where the
                                            # hardware has it (AVX-512 BF16, CUDA), measured no loss of accuracy
@@ -143,6 +145,7 @@ def validate(c: TrainConfig) -> None:
     need(isinstance(c.model, str) and isinstance(c.model_options, dict), "--model must be a name or a spec file "
          "(with a dict of model options)", (c.model, c.model_options))
     need(c.monitor in ("val_loss", "val_accuracy"), "--monitor must be val_loss or val_accuracy", c.monitor)
+    need(number(c.min_delta) and 0 <= c.min_delta < math.inf, "--min-delta must be a number >= 0", c.min_delta)
     need(c.precision in ("auto", "fp32", "bf16"), "--precision must be auto, fp32 or bf16", c.precision)
     need(isinstance(c.device, str) and (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")),
          "--device must be auto, cpu or cuda", c.device)
@@ -156,11 +159,21 @@ def validate(c: TrainConfig) -> None:
          c.validation_split)
     need(c.val_size is None or whole(c.val_size), "--val-size must be a whole number", c.val_size)
     need(c.out is None or isinstance(c.out, (str, os.PathLike)), "--out must be a folder's path", c.out)
+    if c.min_delta and not (c.early_stopping or c.restore_best):
+        raise MnistCnnError(f"--min-delta {c.min_delta:g} is what --early-stopping and --restore-best count as an "
+                            "improvement; give one of them")
     if (c.early_stopping or c.restore_best) and not (c.validation_split or c.val_size):
         raise MnistCnnError("--early-stopping and --restore-best need a validation set: "
                             "add --validation-split or --val-size")
     if c.augment:
         Augment.from_dict(c.augment)
+
+
+def improved(value: float, best: float | None, monitor: str, min_delta: float = 0.0) -> bool:
+    """Keras's EarlyStopping test: better than the best so far by more than min_delta (any first value is)."""
+    if best is None:
+        return True
+    return value < best - min_delta if monitor == "val_loss" else value > best + min_delta
 
 
 def _device(name: str) -> torch.device:
@@ -462,15 +475,15 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             say(_epoch_line(row, config.epochs))
             if len(x_val):
                 value = row[config.monitor]
-                improved = best is None or (value < best if config.monitor == "val_loss" else value > best)
-                if improved:
+                if improved(value, best, config.monitor, config.min_delta):
                     best, waited = value, 0
                     if is_main:
                         save_weights(out / "best.safetensors", eval_model, {"epoch": epoch + 1})
                 else:
                     waited += 1
                     if config.early_stopping and waited >= config.early_stopping:
-                        say(f"Early stopping: {config.monitor} did not improve for {_epochs(waited)}")
+                        by = f" by more than {config.min_delta:g}" if config.min_delta else ""
+                        say(f"Early stopping: {config.monitor} did not improve{by} for {_epochs(waited)}")
                         stop = True
             if is_main:
                 write_history(out, history)

@@ -247,6 +247,10 @@ CLI_CASES = [
     ("CLI value", "`train --model nope`", lambda c: ["train", "--model", "nope"], "unknown model 'nope'"),
     ("CLI value", "`train --early-stopping 3` without a validation set", lambda c: ["train", "--early-stopping", "3"],
      "need a validation set"),
+    ("CLI value", "`train --min-delta 0.01` (or `--monitor`) without `--early-stopping` or `--restore-best`",
+     lambda c: ["train", "--min-delta", "0.01"], "--min-delta is for --early-stopping and --restore-best"),
+    ("CLI value", "`train --lr-decay 0.9` without `--schedule exponential`", lambda c: ["train", "--lr-decay", "0.9"],
+     "--lr-decay is the exponential schedule's factor per epoch; this run's schedule is constant"),
     ("CLI value", "`train --out` an existing file", lambda c: ["train", "--limit-train", "64", "--out",
                                                                c.file("taken", b"")], "taken is a file, not a folder"),
     ("CLI value", "`train --out` a folder that holds a run", lambda c: ["train", "--limit-train", "64", "--out",
@@ -316,7 +320,7 @@ CLI_CASES = [
     ("weights file", "a pickle renamed `model.safetensors`", lambda c: ["serve", c.run_copy(pickle_as_model), "--port", "0"],
      "refusing to load a PyTorch/pickle file"),
     ("`--resume`", "not a run", lambda c: ["train", "--resume", str(c.tmp)], "no config.json there"),
-    ("`--resume`", "no checkpoints", lambda c: ["train", "--resume", c.run_copy(
+    ("`--resume`", "no checkpoints, but a model", lambda c: ["train", "--resume", c.run_copy(
         lambda r: shutil.rmtree(r / "checkpoints"))], "has no checkpoints to resume from"),
     ("`--resume`", "every checkpoint damaged", lambda c: ["train", "--resume", c.run_copy(damage_checkpoints)],
      "is damaged; cannot resume"),

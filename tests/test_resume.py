@@ -1,6 +1,7 @@
 """Interrupted training loses nothing: kill -9 at a random step, resume, and end bit for bit where an
 uninterrupted run ends; damaged checkpoints are skipped; a full disk leaves the previous checkpoint intact."""
 
+import dataclasses
 import json
 import os
 import random
@@ -123,6 +124,59 @@ def test_ctrl_c_during_the_final_evaluation_lets_it_finish(mnist, tmp_path, monk
     assert run.metrics["accuracy"] == json.loads((tmp_path / "metrics.json").read_text())["accuracy"]
 
 
+def test_a_second_ctrl_c_during_the_final_evaluation_says_how_to_finish(mnist, tmp_path, monkeypatch):
+    training = sys.modules["mnist_cnn.train"]
+    config = make_config(epochs=1, limit_train=256, limit_test=64, out=str(tmp_path / "cut"), verbose=0)
+    full = train(dataclasses.replace(config, out=str(tmp_path / "full")), mnist)
+
+    def twice_interrupted_evaluate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the second one does not wait
+        raise AssertionError("not interrupted")
+
+    monkeypatch.setattr(training, "evaluate", twice_interrupted_evaluate)
+    with pytest.raises(TrainingInterrupted, match=rf"interrupted during the final evaluation; training had finished: "
+                                                  rf"mnist-cnn train --resume {tmp_path / 'cut'} evaluates it"):
+        train(config, mnist)
+    monkeypatch.undo()
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    assert train(data=mnist, resume=tmp_path / "cut").metrics == full.metrics | {"train_seconds": pytest.approx(
+        full.metrics["train_seconds"], rel=10)}
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_on_resume(mnist, tmp_path, capsys):
+    from mnist_cnn.cli import main
+
+    config = make_config(epochs=1, limit_train=256, limit_test=64, out=str(tmp_path / "full"))
+    full = train(config, mnist, log=lambda _: None)
+    cut = tmp_path / "cut"  # what a kill while loading the data leaves: the settings, no checkpoint yet
+    cut.mkdir()
+    for name in ("config.json", "spec.json"):
+        (cut / name).write_bytes((tmp_path / "full" / name).read_bytes())
+    assert main(["evaluate", str(cut)]) == 2
+    assert f"holds an interrupted run (no model.safetensors yet); finish it with `mnist-cnn train --resume {cut}`" \
+        in capsys.readouterr().err
+    said = []
+    resumed = train(data=mnist, resume=cut, log=said.append)
+    assert untimed(resumed.history) == untimed(full.history)
+    a, b = weights(cut), weights(tmp_path / "full")
+    assert all(torch.equal(a[k], b[k]) for k in b) and said[0] == f"{cut} stopped before its first checkpoint: " \
+                                                               "training it from the beginning"
+
+
+def test_an_interruption_ends_the_progress_bar_line_first(mnist, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # the bar is drawn on terminals only
+    hook = register_optimizer_step_post_hook(lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        with pytest.raises(TrainingInterrupted, match="interrupted at step 1;"):
+            train(make_config(epochs=1, limit_train=640, limit_test=64, out=str(tmp_path), verbose=1), mnist,
+                  log=lambda _: None)
+    finally:
+        hook.remove()
+    out = capsys.readouterr().out
+    assert "1/10 [" in out and out.endswith("\n")  # the error that follows starts a line of its own
+
+
 def test_resume_refuses_fewer_epochs_than_trained_and_a_new_run_refuses_the_folder(mnist, tmp_path):
     config = make_config(epochs=2, limit_train=256, limit_test=64, batch_size=64, out=str(tmp_path), verbose=0)
     train(config, mnist)
@@ -145,7 +199,9 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one(mnist, tmp_path):
     warnings = []
     _, meta = latest_checkpoint(tmp_path, warn=warnings.append)
     assert meta["step"] == int(previous.stem.split("-")[1])
-    assert "skipping checkpoint" in warnings[0] and newest.name in warnings[0]
+    assert "skipping checkpoint" in warnings[0] and f"(kept as {newest.name}.damaged)" in warnings[0]
+    # set aside, out of the rotation of the newest two: the next checkpoint must not delete the good one
+    assert checkpoint_paths(tmp_path) == [previous] and (tmp_path / "checkpoints" / f"{newest.name}.damaged").exists()
     newest.write_bytes(b"not a checkpoint")
     with pytest.raises(MnistCnnError, match=r"damaged or not a safetensors file"):
         load_tensors(newest)
@@ -192,8 +248,10 @@ def test_resuming_a_run_that_stopped_early_trains_no_more(mnist, tmp_path):
     stopped = train(make_config(**options), mnist, log=lambda _: None)
     assert len(stopped.history) < 8
     said = []
-    resumed = train(make_config(**options), mnist, resume=tmp_path / "run", log=said.append)
-    assert said[0] == f"{tmp_path / 'run'} had finished training ({len(stopped.history)} epochs); evaluating it " \
-                      "again (a larger --epochs trains it further)"
+    # a larger --epochs does not undo early stopping: nothing trains, and config.json keeps its 8 epochs
+    resumed = train(make_config(**{**options, "epochs": 20}), mnist, resume=tmp_path / "run", log=said.append)
+    assert said[0] == f"{tmp_path / 'run'} stopped early after {len(stopped.history)} epochs (val_loss did not " \
+                      "improve for 1 epoch); evaluating it again"
     assert untimed(resumed.history) == untimed(stopped.history)
     assert resumed.metrics == stopped.metrics
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 8

@@ -97,6 +97,17 @@ def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
             and value is not False]
 
 
+def _refuse_unused(args: argparse.Namespace, config: Any) -> None:
+    """Flags that the rest of the settings make do nothing are refused, not ignored (a grid or Python may set such
+    values: they are harmless there)."""
+    if args.lr_decay is not None and config.schedule != "exponential":
+        raise MnistCnnError(f"--lr-decay is the exponential schedule's factor per epoch; this run's schedule is "
+                            f"{config.schedule}: add --schedule exponential")
+    watched = _given(args, ("monitor", "min_delta"))
+    if watched and not (config.early_stopping or config.restore_best):
+        raise MnistCnnError(f"{watched[0]} is for --early-stopping and --restore-best; give one of them")
+
+
 def _log_to(stream: TextIO) -> Callable[[str], None]:
     """print to `stream`; once its reader has gone (`mnist-cnn train | head`), keep training and print nothing."""
     def log(message: str) -> None:
@@ -140,6 +151,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             threads=args.threads, device=args.device, checkpoint_every=args.checkpoint_every,
             model_options=_model_options(args) or None,
             channels_last=False if args.no_channels_last else None)
+        _refuse_unused(args, config)
         run = train(config, log=log)
     if args.json:
         _print_json({"run_dir": str(run.path), "model": run.name, "params": run.num_params,

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -34,6 +35,7 @@ from .spec import ModelSpec, parse_spec
 M = TypeVar("M", bound=torch.nn.Module)
 
 FORMAT = "mnist-cnn/1"
+DAMAGED = ".damaged"  # a checkpoint that failed its check is renamed CKPT.safetensors.damaged
 ENSEMBLE_FILE = "ensemble.safetensors"  # what marks an ensemble directory (mnist_cnn.ensemble)
 #: Files named like PyTorch/pickle/Keras weights, or starting like a pickle or torch.save's zip, are refused unless
 #: they hold safetensors: unpickling runs whatever code the file's author put in it. We read safetensors + JSON only.
@@ -168,7 +170,7 @@ def load_run(run_dir: str | os.PathLike | Run) -> Run:
     if (path / ENSEMBLE_FILE).exists():
         raise MnistCnnError(f"{path} is an ensemble directory, not a run directory: evaluate, predict, export and "
                             f"serve take it; report and explain take one of its members (its config.json lists them)")
-    if not weights.exists() and checkpoint_paths(path):
+    if not weights.exists() and (checkpoint_paths(path) or (path / "config.json").exists()):
         raise MnistCnnError(f"{path} holds an interrupted run (no model.safetensors yet); finish it with "
                             f"`mnist-cnn train --resume {path}`")
     if not weights.exists():
@@ -217,7 +219,7 @@ def remove_run_files(run_dir: Path) -> None:
     """Delete a run's own files and checkpoints from run_dir, and nothing else that may be there."""
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    for path in checkpoint_paths(run_dir):
+    for path in [*checkpoint_paths(run_dir), *(run_dir / "checkpoints").glob(f"ckpt-*.safetensors{DAMAGED}")]:
         path.unlink(missing_ok=True)
 
 
@@ -253,5 +255,8 @@ def latest_checkpoint(run_dir: Path, warn=print) -> tuple[dict[str, torch.Tensor
         try:
             return load_tensors(path)
         except MnistCnnError as e:
-            warn(f"warning: skipping checkpoint: {e}")
+            aside = path.with_name(path.name + DAMAGED)
+            with contextlib.suppress(OSError):  # another torchrun process may have moved it already
+                path.replace(aside)  # out of the rotation, which would otherwise delete a good one before it
+            warn(f"warning: skipping checkpoint: {e} (kept as {aside.name})")
     raise MnistCnnError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged; cannot resume")

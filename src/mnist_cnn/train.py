@@ -34,8 +34,8 @@ from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, loss_and_accuracy, predict_logits
 from .models import build_model, default_memory_format
 from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, learning_rate, make_optimizer
-from .runs import (Run, latest_checkpoint, load_weights, read_json, remove_run_files, save_checkpoint, save_weights,
-                   write_history)
+from .runs import (Run, checkpoint_paths, latest_checkpoint, load_weights, read_json, remove_run_files,
+                   save_checkpoint, save_weights, write_history)
 from .spec import parse_spec
 from .zoo import RECIPES, get_spec, recipe_for
 
@@ -159,9 +159,6 @@ def validate(c: TrainConfig) -> None:
          c.validation_split)
     need(c.val_size is None or whole(c.val_size), "--val-size must be a whole number", c.val_size)
     need(c.out is None or isinstance(c.out, (str, os.PathLike)), "--out must be a folder's path", c.out)
-    if c.min_delta and not (c.early_stopping or c.restore_best):
-        raise MnistCnnError(f"--min-delta {c.min_delta:g} is what --early-stopping and --restore-best count as an "
-                            "improvement; give one of them")
     if (c.early_stopping or c.restore_best) and not (c.validation_split or c.val_size):
         raise MnistCnnError("--early-stopping and --restore-best need a validation set: "
                             "add --validation-split or --val-size")
@@ -289,7 +286,9 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         if unknown:
             raise MnistCnnError(f"cannot resume {out}: {out / 'config.json'} has unknown option {unknown[0]!r}")
         saved = TrainConfig(**{**saved, "out": str(out), **({"epochs": config.epochs} if config else {})})
-        config, checkpoint = saved, latest_checkpoint(out, warn=log)
+        # stopped before its first checkpoint (killed while loading, say): nothing was trained, it starts at step 0
+        fresh = not checkpoint_paths(out) and not (out / "model.safetensors").exists()
+        config, checkpoint = saved, None if fresh else latest_checkpoint(out, warn=log)
     config = config or make_config()
     validate(config)
     paths = {k: str(v) for k in ("out", "data") if isinstance(v := getattr(config, k), os.PathLike)}
@@ -360,6 +359,10 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     ema = EMA(model, config.ema) if config.ema else None
     augment = Augment.from_dict(config.augment) if config.augment else None
     steps_per_epoch = -(-n // config.batch_size)
+    if world > 1 and 0 < n % config.batch_size < world:  # some process would get no image of the last batch
+        steps_per_epoch -= 1  # (a NaN loss, or batch norm fails on it): leave it out, as a DataLoader's drop_last
+        say(f"The last {n % config.batch_size} image(s) of each epoch's order are left out: a batch smaller than the "
+            f"{world} processes would leave one of them without images")
     total_steps = steps_per_epoch * config.epochs
     history: list[dict[str, Any]] = []
     step, best, waited, stop = 0, None, 0, False
@@ -378,12 +381,19 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             raise MnistCnnError(f"cannot resume {out} with --epochs {config.epochs}: it has already trained "
                                 f"{_epochs(step // steps_per_epoch)}")
         stop = bool(config.early_stopping and waited >= config.early_stopping)  # it had stopped early
-        if step == total_steps or stop:
+        if stop:  # a larger --epochs does not undo early stopping, and config.json keeps the length it was given
+            config = dataclasses.replace(config, epochs=meta["config"]["epochs"])
+            total_steps = steps_per_epoch * config.epochs
+            say(f"{out} stopped early after {_epochs(len(history))} ({config.monitor} did not improve for "
+                f"{_epochs(waited)}); evaluating it again")
+        elif step == total_steps:
             say(f"{out} had finished training ({_epochs(len(history))}); evaluating it again "
                 f"(a larger --epochs trains it further)")
         else:
             say(f"Resuming {out} at step {step} (epoch {step // steps_per_epoch + 1}, "
                 f"batch {step % steps_per_epoch}/{steps_per_epoch})")
+    elif resume is not None:
+        say(f"{out} stopped before its first checkpoint: training it from the beginning")
     train_model = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -419,6 +429,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         f"{', bf16 autocast' if bf16 else ''}")
     show_bar = is_main and config.verbose and sys.stdout.isatty()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    bar_open = False  # the progress bar's line is not ended yet
     try:
         while step < total_steps and not stop:
             epoch = step // steps_per_epoch
@@ -431,7 +442,8 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             t0 = time.perf_counter()
             for i in range(step % steps_per_epoch, steps_per_epoch):
                 batch = slice(i * config.batch_size, (i + 1) * config.batch_size)
-                idx = perm[batch][rank::world]
+                rows = perm[batch]
+                idx = rows[rank::world]
                 xb, yb = x_tr[idx], y_tr[idx]
                 _seed_dropout(device, _step_seed(config.seed, step, rank))
                 if thetas is not None:
@@ -443,7 +455,9 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
                     logits = train_model(xb)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages the processes' gradients: weigh each one's mean by its share of the batch, so that an
+                # uneven split (a last batch of 14 images on 3 processes) is still the whole batch's mean
+                (loss * (len(yb) * world / len(rows)) if world > 1 else loss).backward()
                 if config.weight_decay:
                     decay_weights(optimizer, config.weight_decay)
                 optimizer.step()
@@ -455,13 +469,15 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
                 step += 1
                 if show_bar and (i % 20 == 0 or i == steps_per_epoch - 1):
                     _progress(i + 1, steps_per_epoch, t0, sums[0] / sums[2], sums[1] / sums[2])
+                    bar_open = True
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step % steps_per_epoch:
                     checkpoint_now()
                 if stop_requested and step % steps_per_epoch:  # at an epoch's end, stop after its row is written
                     checkpoint_now()
                     raise _StopRequested
-            if show_bar:
+            if bar_open:
                 sys.stdout.write("\n")
+                bar_open = False
             if world > 1:
                 torch.distributed.all_reduce(sums)
             row = {"epoch": epoch + 1, "loss": (sums[0] / sums[2]).item(), "accuracy": (sums[1] / sums[2]).item()}
@@ -490,31 +506,38 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             checkpoint_now()
             if stop_requested and step < total_steps and not stop:
                 raise _StopRequested
-    except _StopRequested:
+    except (_StopRequested, KeyboardInterrupt) as e:
+        if bar_open:  # the message goes on a line of its own, not after the bar
+            sys.stdout.write("\n")
+        if isinstance(e, KeyboardInterrupt):  # mid-step, so no checkpoint now: the newest one on disk is consistent
+            raise TrainingInterrupted(f"interrupted during step {step}; continue from the newest checkpoint in "
+                                      f"{out / 'checkpoints'} with: mnist-cnn train --resume {out}",
+                                      stop_requested[-1] if stop_requested else signal.SIGINT, str(out)) from None
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {out / 'checkpoints'}; "
                                   f"continue with: mnist-cnn train --resume {out}", stop_requested[0],
                                   str(out)) from None
-    except KeyboardInterrupt:  # mid-step, so no checkpoint now: the newest one on disk is consistent
-        raise TrainingInterrupted(f"interrupted during step {step}; continue from the newest checkpoint in "
-                                  f"{out / 'checkpoints'} with: mnist-cnn train --resume {out}",
-                                  stop_requested[-1] if stop_requested else signal.SIGINT, str(out)) from None
 
     # ---- final weights, then the test set, once ----
     final = ema.model if ema else model
     if world > 1:  # rank 0 may still be writing best.safetensors (NCCL's all_reduce does not block the host)
         torch.distributed.barrier()
-    if config.restore_best and (out / "best.safetensors").exists():
-        final = load_weights(out / "best.safetensors").to(device)
-        say("Restored the best weights on " + config.monitor)
     metrics = {}
-    if is_main:
-        save_weights(out / "model.safetensors", final)
-        metrics = evaluate(final, x_test, y_test)
-        metrics["epochs_trained"] = len(history)
-        metrics["train_seconds"] = sum(r["seconds"] for r in history)
-        atomic_write_json(out / "metrics.json", metrics)
-        say(f"Test accuracy: {metrics['accuracy'] * 100:.2f}% (loss {metrics['loss']:.4f}) on {len(y_test)} images; "
-            f"run saved in {out}")
+    try:
+        if config.restore_best and (out / "best.safetensors").exists():
+            final = load_weights(out / "best.safetensors").to(device)
+            say("Restored the best weights on " + config.monitor)
+        if is_main:
+            save_weights(out / "model.safetensors", final)
+            metrics = evaluate(final, x_test, y_test)
+            metrics["epochs_trained"] = len(history)
+            metrics["train_seconds"] = sum(r["seconds"] for r in history)
+            atomic_write_json(out / "metrics.json", metrics)
+            say(f"Test accuracy: {metrics['accuracy'] * 100:.2f}% (loss {metrics['loss']:.4f}) on {len(y_test)} "
+                f"images; run saved in {out}")
+    except KeyboardInterrupt:  # a second Ctrl-C: the training itself is done, and in the last checkpoint
+        raise TrainingInterrupted(f"interrupted during the final evaluation; training had finished: mnist-cnn train "
+                                  f"--resume {out} evaluates it", stop_requested[-1] if stop_requested else
+                                  signal.SIGINT, str(out)) from None
     if world > 1:
         torch.distributed.barrier()
     # hand back the model as `load_run` would build it (CPU, its default layout): same predictions, bit for bit

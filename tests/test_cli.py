@@ -26,6 +26,20 @@ def test_models_and_summary(capsys):
     assert json.loads(out.splitlines()[-1])["total"] == 1_199_882
 
 
+def test_models_name_their_options_and_each_has_a_flag(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    assert "dropout 0.25/0.5 (options: --kernel-size N, --no-dropout)" in out
+    assert "dropout 0.4 (options: --filters N, --no-dropout)" in out
+    assert len({line.index("optimizer") for line in out.splitlines() if " params  tutorial " in line}) == 1  # a column
+    code, out, _ = run_cli(capsys, "models", "--json")
+    assert {r["name"]: r["options"] for r in json.loads(out)}["deotte"] == ["filters", "dropout"]
+    code, out, _ = run_cli(capsys, "summary", "deotte", "--filters", "64", "--json")  # Keras: 1,301,642 / 1,664
+    summary = json.loads(out)
+    assert (summary["total"], summary["non_trainable"]) == (1_301_642, 1_664)
+    code, _, err = run_cli(capsys, "summary", "keras-basic", "--filters", "64")
+    assert code == 2 and "model 'keras-basic' has no option 'filters'" in err
+
+
 def test_train_then_evaluate(capsys, tmp_path):
     out_dir = tmp_path / "run"
     code, out, _ = run_cli(capsys, "train", "--epochs", "1", "--limit-train", "1000", "--limit-test", "200",

@@ -43,7 +43,8 @@ def cmd_models(args: argparse.Namespace) -> None:
     from .zoo import MODELS, RECIPES, get_spec
 
     rows = [{"name": name, "params": count_params(get_spec(name))[0], "tutorial_accuracy": e.tutorial_accuracy,
-             "recipe": e.recipe, "description": e.description} for name, e in MODELS.items()]
+             "recipe": e.recipe, "description": e.description, "options": list(e.options)}
+            for name, e in MODELS.items()]
     if args.json:
         return _print_json(rows)
 
@@ -51,10 +52,12 @@ def cmd_models(args: argparse.Namespace) -> None:
         return ", ".join(f"{k} {v}" if k != "augment" else "augment " + " ".join(f"{a} {b:g}" for a, b in v.items())
                          for k, v in recipe.items())
 
+    width = max(len(r["tutorial_accuracy"]) for r in rows)
     for r in rows:
         tutorial = r["tutorial_accuracy"]
-        print(f"{r['name']:<14} {r['params']:>9,} params  tutorial {tutorial:<12} {settings(r['recipe'])}")
-        print(f"{'':<14} {r['description']}")
+        print(f"{r['name']:<14} {r['params']:>9,} params  tutorial {tutorial:<{width}}  {settings(r['recipe'])}")
+        options = ", ".join(_OPTION_FLAGS[o] for o in r["options"])
+        print(f"{'':<14} {r['description']}" + (f" (options: {options})" if options else ""))
     print("\nrecipes (train --recipe NAME; each model's name is also the recipe above):")
     for name, recipe in RECIPES.items():
         if name not in MODELS:
@@ -76,14 +79,15 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     options = {}
-    if getattr(args, "kernel_size", None) is not None:
-        options["kernel_size"] = args.kernel_size
+    for name in ("kernel_size", "filters"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
     if getattr(args, "no_dropout", False):
         options["dropout"] = False
     return options
 
 
-_TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "no_dropout", "data", "batch_size", "optimizer", "lr", "seed",
+_TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "filters", "no_dropout", "data", "batch_size", "optimizer", "lr", "seed",
                    "validation_split", "val_size", "limit_train", "limit_test", "out", "rotation", "shift", "shear",
                    "zoom", "schedule", "lr_decay", "label_smoothing", "weight_decay", "ema", "early_stopping",
                    "min_delta", "monitor", "restore_best", "precision", "threads", "device", "no_channels_last",
@@ -438,7 +442,13 @@ def _add_compute_options(p: argparse.ArgumentParser) -> None:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel-size", type=int, help="model option (keras-dropout): convolution kernel size")
-    p.add_argument("--no-dropout", action="store_true", help="model option (keras-dropout): leave out dropout")
+    p.add_argument("--filters", type=int, help="model option (deotte): the first block's filters (default 32)")
+    p.add_argument("--no-dropout", action="store_true", help="model option (keras-dropout, deotte): leave out "
+                   "dropout")
+
+
+# how `mnist-cnn models` names each model option: the flag that sets it
+_OPTION_FLAGS = {"kernel_size": "--kernel-size N", "filters": "--filters N", "dropout": "--no-dropout"}
 
 
 # Counts that every command taking them needs positive: 0 would otherwise mean "not given" or an empty slice,

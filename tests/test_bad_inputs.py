@@ -324,6 +324,8 @@ CLI_CASES = [
         lambda r: shutil.rmtree(r / "checkpoints"))], "has no checkpoints to resume from"),
     ("`--resume`", "every checkpoint damaged", lambda c: ["train", "--resume", c.run_copy(damage_checkpoints)],
      "is damaged; cannot resume"),
+    ("`--resume`", "config.json that names no model", lambda c: ["train", "--resume", c.run_copy(json_edit(
+        "config.json", lambda d: {}))], "config.json names no model (is it a run's?)"),
     ("`--resume`", "unknown option in config.json", lambda c: ["train", "--resume", c.run_copy(json_edit(
         "config.json", lambda d: {**d, "colour": 1}))], "config.json has unknown option 'colour'"),
     ("`--resume`", "with a setting other than --epochs", lambda c: ["train", "--resume", str(c.run), "--lr", "0.5"],

@@ -50,6 +50,10 @@ def test_a_last_batch_smaller_than_the_processes_is_left_out(tmp_path):
     assert "The last 1 image(s) of each epoch's order are left out" in ddp.stdout
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert all(0 < row["loss"] < 10 for row in history) and "nan" not in ddp.stdout
+    one = subprocess.run([*TORCHRUN, "train", *(a if a != "643" else "1" for a in ARGS), "--out", str(tmp_path / "1")],
+                         capture_output=True, text=True, timeout=300)  # fewer images than processes: refused
+    assert one.returncode != 0 and "error: 1 training image(s) for 2 processes: each process needs at least one" \
+        in one.stderr, one.stderr[-3000:]
 
 
 def test_torchrun_stopped_by_sigterm_resumes_where_an_uninterrupted_run_ends(tmp_path):

@@ -239,6 +239,11 @@ def test_an_ensemble_directory_is_evaluated_and_predicted_like_a_run(members, en
     expected = load_ensemble(ensemble_dir).predict_proba(to_model_input(load_image("digit.png")[None]))[0]
     assert np.allclose(predicted["probabilities"], expected.numpy(), atol=1e-6)
     assert predicted["digit"] == int(expected.argmax()) == int(mnist.y_test[0])
+    broken = tmp_path / "broken"  # an ensemble folder that lost its weights file is still named as an ensemble
+    broken.mkdir()
+    (broken / "config.json").write_bytes((ensemble_dir / "config.json").read_bytes())
+    assert main(["evaluate", str(broken)]) == 2
+    assert f"{broken} is an ensemble directory without its ensemble.safetensors" in capsys.readouterr().err
 
 
 def test_an_ensemble_exports_as_one_onnx_or_torchscript_graph(ensemble_dir, mnist, tmp_path, capsys):

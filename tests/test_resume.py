@@ -205,6 +205,21 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one(mnist, tmp_path):
     newest.write_bytes(b"not a checkpoint")
     with pytest.raises(MnistCnnError, match=r"damaged or not a safetensors file"):
         load_tensors(newest)
+    # every one damaged: refused, and refused again, not taken for a run that never started
+    history = (tmp_path / "history.json").read_text()
+    (tmp_path / "model.safetensors").unlink()
+    for path in checkpoint_paths(tmp_path):
+        path.write_bytes(b"not a checkpoint")
+    for _ in range(2):
+        with pytest.raises(MnistCnnError, match=r"every checkpoint in .* is damaged"):
+            train(data=mnist, resume=tmp_path, log=lambda _: None)
+    assert (tmp_path / "history.json").read_text() == history
+
+
+def test_resume_refuses_a_config_json_that_names_no_model(mnist, tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # all defaults would otherwise train a full-size run
+    with pytest.raises(MnistCnnError, match=r"config.json names no model \(is it a run's\?\)"):
+        train(data=mnist, resume=tmp_path)
 
 
 def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(mnist, tmp_path, monkeypatch):
@@ -255,3 +270,6 @@ def test_resuming_a_run_that_stopped_early_trains_no_more(mnist, tmp_path):
     assert untimed(resumed.history) == untimed(stopped.history)
     assert resumed.metrics == stopped.metrics
     assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 8
+    before = len(said)
+    again = train(make_config(epochs=1), mnist, resume=tmp_path / "run", log=said.append)  # fewer than it trained
+    assert said[before].startswith(f"{tmp_path / 'run'} stopped early after") and again.metrics == stopped.metrics

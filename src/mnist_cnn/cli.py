@@ -107,7 +107,7 @@ def _refuse_unused(args: argparse.Namespace, config: Any) -> None:
     if args.lr_decay is not None and config.schedule != "exponential":
         raise MnistCnnError(f"--lr-decay is the exponential schedule's factor per epoch; this run's schedule is "
                             f"{config.schedule}: add --schedule exponential")
-    watched = _given(args, ("monitor", "min_delta"))
+    watched = [flag for flag, value in (("--monitor", args.monitor), ("--min-delta", args.min_delta)) if value]
     if watched and not (config.early_stopping or config.restore_best):
         raise MnistCnnError(f"{watched[0]} is for --early-stopping and --restore-best; give one of them")
 

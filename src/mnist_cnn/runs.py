@@ -170,7 +170,10 @@ def load_run(run_dir: str | os.PathLike | Run) -> Run:
     if (path / ENSEMBLE_FILE).exists():
         raise MnistCnnError(f"{path} is an ensemble directory, not a run directory: evaluate, predict, export and "
                             f"serve take it; report and explain take one of its members (its config.json lists them)")
-    if not weights.exists() and (checkpoint_paths(path) or (path / "config.json").exists()):
+    if not weights.exists() and path.is_dir() and read_json(path / "config.json", {}).get("kind") == "ensemble":
+        raise MnistCnnError(f"{path} is an ensemble directory without its {ENSEMBLE_FILE}: make it again with "
+                            f"`mnist-cnn ensemble RUN_DIR... --out {path}`")
+    if not weights.exists() and (checkpoint_paths(path) or (path / "spec.json").exists()):
         raise MnistCnnError(f"{path} holds an interrupted run (no model.safetensors yet); finish it with "
                             f"`mnist-cnn train --resume {path}`")
     if not weights.exists():
@@ -202,7 +205,9 @@ def run_data(run: Run, path: str | os.PathLike | None = None) -> MnistData:
     try:
         return load_mnist(run.config.get("data"), test_only=True)
     except MnistCnnError as e:
-        raise MnistCnnError(f"{e}; the run {run.path} was trained on it: give --data where it is now") from None
+        what = f"the ensemble {run.path} was measured" if run.config.get("kind") == "ensemble" else \
+            f"the run {run.path} was trained"
+        raise MnistCnnError(f"{e}; {what} on it: give --data where it is now") from None
 
 
 RUN_FILES = ("model.safetensors", "best.safetensors", "metrics.json", "history.json", "history.csv", "config.json",
@@ -219,7 +224,7 @@ def remove_run_files(run_dir: Path) -> None:
     """Delete a run's own files and checkpoints from run_dir, and nothing else that may be there."""
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    for path in [*checkpoint_paths(run_dir), *(run_dir / "checkpoints").glob(f"ckpt-*.safetensors{DAMAGED}")]:
+    for path in [*checkpoint_paths(run_dir), *_damaged(run_dir)]:
         path.unlink(missing_ok=True)
 
 
@@ -246,9 +251,22 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     return path
 
 
+def _damaged(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob(f"ckpt-*.safetensors{DAMAGED}"))
+
+
+def has_trained(run_dir: Path) -> bool:
+    """Whether any training left a trace in run_dir: a checkpoint (whole or damaged), weights, history."""
+    return bool(checkpoint_paths(run_dir) or _damaged(run_dir) or any(
+        (run_dir / name).exists() for name in RUN_FILES if name not in ("config.json", "spec.json")))
+
+
 def latest_checkpoint(run_dir: Path, warn=print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The newest checkpoint that verifies; damaged ones are reported and skipped."""
+    """The newest checkpoint that verifies; damaged ones are reported, set aside and skipped."""
     paths = checkpoint_paths(run_dir)
+    if not paths and _damaged(run_dir):
+        raise MnistCnnError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged (set aside as "
+                            f"*{DAMAGED}); cannot resume")
     if not paths:
         raise MnistCnnError(f"{run_dir} has no checkpoints to resume from (looked in {run_dir / 'checkpoints'})")
     for path in paths:

@@ -34,7 +34,7 @@ from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, loss_and_accuracy, predict_logits
 from .models import build_model, default_memory_format
 from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, learning_rate, make_optimizer
-from .runs import (Run, checkpoint_paths, latest_checkpoint, load_weights, read_json, remove_run_files,
+from .runs import (Run, has_trained, latest_checkpoint, load_weights, read_json, remove_run_files,
                    save_checkpoint, save_weights, write_history)
 from .spec import parse_spec
 from .zoo import RECIPES, get_spec, recipe_for
@@ -285,10 +285,11 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         unknown = sorted(set(saved) - _FIELDS)
         if unknown:
             raise MnistCnnError(f"cannot resume {out}: {out / 'config.json'} has unknown option {unknown[0]!r}")
+        if not isinstance(saved.get("model"), str):  # train writes every field; {} would train all the defaults
+            raise MnistCnnError(f"cannot resume {out}: {out / 'config.json'} names no model (is it a run's?)")
         saved = TrainConfig(**{**saved, "out": str(out), **({"epochs": config.epochs} if config else {})})
         # stopped before its first checkpoint (killed while loading, say): nothing was trained, it starts at step 0
-        fresh = not checkpoint_paths(out) and not (out / "model.safetensors").exists()
-        config, checkpoint = saved, None if fresh else latest_checkpoint(out, warn=log)
+        config, checkpoint = saved, latest_checkpoint(out, warn=log) if has_trained(out) else None
     config = config or make_config()
     validate(config)
     paths = {k: str(v) for k in ("out", "data") if isinstance(v := getattr(config, k), os.PathLike)}
@@ -358,6 +359,8 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     base_lr = optimizer.param_groups[0]["lr"]
     ema = EMA(model, config.ema) if config.ema else None
     augment = Augment.from_dict(config.augment) if config.augment else None
+    if n < world:
+        raise MnistCnnError(f"{n} training image(s) for {world} processes: each process needs at least one")
     steps_per_epoch = -(-n // config.batch_size)
     if world > 1 and 0 < n % config.batch_size < world:  # some process would get no image of the last batch
         steps_per_epoch -= 1  # (a NaN loss, or batch norm fails on it): leave it out, as a DataLoader's drop_last
@@ -377,13 +380,14 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         # rank 0 carries the epoch's running sums for every rank (checkpoint_now all-reduces them)
         sums = tensors["sums"].to(device) if is_main else torch.zeros_like(sums)
         step, history, best, waited = meta["step"], meta["history"], meta["best"], meta["waited"]
+        stop = bool(config.early_stopping and waited >= config.early_stopping)  # it had stopped early
+        if stop:  # no --epochs undoes early stopping, and config.json keeps the length it was given
+            config = dataclasses.replace(config, epochs=meta["config"]["epochs"])
+            total_steps = steps_per_epoch * config.epochs
         if step > total_steps:
             raise MnistCnnError(f"cannot resume {out} with --epochs {config.epochs}: it has already trained "
                                 f"{_epochs(step // steps_per_epoch)}")
-        stop = bool(config.early_stopping and waited >= config.early_stopping)  # it had stopped early
-        if stop:  # a larger --epochs does not undo early stopping, and config.json keeps the length it was given
-            config = dataclasses.replace(config, epochs=meta["config"]["epochs"])
-            total_steps = steps_per_epoch * config.epochs
+        if stop:
             say(f"{out} stopped early after {_epochs(len(history))} ({config.monitor} did not improve for "
                 f"{_epochs(waited)}); evaluating it again")
         elif step == total_steps:

@@ -87,9 +87,9 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-_TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "filters", "no_dropout", "data", "batch_size", "optimizer", "lr", "seed",
-                   "validation_split", "val_size", "limit_train", "limit_test", "out", "rotation", "shift", "shear",
-                   "zoom", "schedule", "lr_decay", "label_smoothing", "weight_decay", "ema", "early_stopping",
+_TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "filters", "no_dropout", "data", "batch_size", "optimizer", "lr",
+                   "seed", "validation_split", "val_size", "limit_train", "limit_test", "out", "rotation", "shift",
+                   "shear", "zoom", "schedule", "lr_decay", "label_smoothing", "weight_decay", "ema", "early_stopping",
                    "min_delta", "monitor", "restore_best", "precision", "threads", "device", "no_channels_last",
                    "checkpoint_every")
 
@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last good checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
-    p = sub.add_parser("evaluate", help="evaluate a run or ensemble on the test set: accuracy, per-class metrics, confusion")
+    p = sub.add_parser("evaluate", help="evaluate a run or ensemble on the test set: accuracy, per-class metrics, "
+                       "confusion")
     p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
     _add_data_option(p)
     p.add_argument("--limit-test", type=int, help="the first N test images (default: as many as the run was tested on)")

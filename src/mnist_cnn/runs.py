@@ -264,10 +264,7 @@ def has_trained(run_dir: Path) -> bool:
 def latest_checkpoint(run_dir: Path, warn=print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The newest checkpoint that verifies; damaged ones are reported, set aside and skipped."""
     paths = checkpoint_paths(run_dir)
-    if not paths and _damaged(run_dir):
-        raise MnistCnnError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged (set aside as "
-                            f"*{DAMAGED}); cannot resume")
-    if not paths:
+    if not paths and not _damaged(run_dir):  # ones an earlier try set aside are refused below, as then
         raise MnistCnnError(f"{run_dir} has no checkpoints to resume from (looked in {run_dir / 'checkpoints'})")
     for path in paths:
         try:

@@ -434,6 +434,10 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     show_bar = is_main and config.verbose and sys.stdout.isatty()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     bar_open = False  # the progress bar's line is not ended yet
+
+    def interrupted(message: str) -> TrainingInterrupted:  # exits with the status of the signal (a second one's)
+        return TrainingInterrupted(message, stop_requested[-1] if stop_requested else signal.SIGINT, str(out))
+
     try:
         while step < total_steps and not stop:
             epoch = step // steps_per_epoch
@@ -514,12 +518,10 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         if bar_open:  # the message goes on a line of its own, not after the bar
             sys.stdout.write("\n")
         if isinstance(e, KeyboardInterrupt):  # mid-step, so no checkpoint now: the newest one on disk is consistent
-            raise TrainingInterrupted(f"interrupted during step {step}; continue from the newest checkpoint in "
-                                      f"{out / 'checkpoints'} with: mnist-cnn train --resume {out}",
-                                      stop_requested[-1] if stop_requested else signal.SIGINT, str(out)) from None
-        raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {out / 'checkpoints'}; "
-                                  f"continue with: mnist-cnn train --resume {out}", stop_requested[0],
-                                  str(out)) from None
+            raise interrupted(f"interrupted during step {step}; continue from the newest checkpoint in "
+                              f"{out / 'checkpoints'} with: mnist-cnn train --resume {out}") from None
+        raise interrupted(f"interrupted at step {step}; checkpoint saved in {out / 'checkpoints'}; "
+                          f"continue with: mnist-cnn train --resume {out}") from None
 
     # ---- final weights, then the test set, once ----
     final = ema.model if ema else model
@@ -539,9 +541,8 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             say(f"Test accuracy: {metrics['accuracy'] * 100:.2f}% (loss {metrics['loss']:.4f}) on {len(y_test)} "
                 f"images; run saved in {out}")
     except KeyboardInterrupt:  # a second Ctrl-C: the training itself is done, and in the last checkpoint
-        raise TrainingInterrupted(f"interrupted during the final evaluation; training had finished: mnist-cnn train "
-                                  f"--resume {out} evaluates it", stop_requested[-1] if stop_requested else
-                                  signal.SIGINT, str(out)) from None
+        raise interrupted(f"interrupted during the final evaluation; training had finished: mnist-cnn train "
+                          f"--resume {out} evaluates it") from None
     if world > 1:
         torch.distributed.barrier()
     # hand back the model as `load_run` would build it (CPU, its default layout): same predictions, bit for bit

@@ -66,8 +66,8 @@ def test_summary_reads_like_keras():
     text = summary(get_spec("keras-basic"))
     assert "conv2d (Conv2D)" in text and "(None, 26, 26, 32)" in text
     assert "dense_1 (Dense)" in text and "(None, 10)" in text
-    assert "Total params: 93,322" in text and "Non-trainable params: 0" in text
-    assert "Non-trainable params: 1,408" in summary(get_spec("keras-bn"))
+    assert "Total params: 93,322 (364.54 KB)" in text and "Non-trainable params: 0 (0.00 B)" in text
+    assert "Non-trainable params: 1,408 (5.50 KB)" in summary(get_spec("keras-bn"))
     assert "(None, 28, 28, 32)" in summary(get_spec("keras-same"))
 
 

@@ -320,5 +320,15 @@ def summary(spec: ModelSpec | SpecModel | str) -> str:
     for c in cells:
         lines += [c[0].ljust(w[0]) + c[1].ljust(w[1]) + c[2].rjust(w[2]), rule]
     lines[-1] = "=" * sum(w)
-    lines += [f"Total params: {total:,}", f"Trainable params: {trainable:,}", f"Non-trainable params: {fixed:,}"]
+    lines += [f"{label} params: {n:,} ({_memory(4 * n)})"  # float32 weights, as Keras counts their bytes
+              for label, n in (("Total", total), ("Trainable", trainable), ("Non-trainable", fixed))]
     return "\n".join(lines)
+
+
+def _memory(size: float) -> str:
+    """Bytes the way Keras's summary writes them: 1024-based, two decimals ("364.54 KB")."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024:
+            return f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} PB"

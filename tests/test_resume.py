@@ -82,15 +82,22 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, s
     assert f"mnist-cnn train --resume {tmp_path / 'r'}" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize(("model", "at"), [(SPEC, 7), (SPEC, 20), ("keras-basic", 7)],
-                         ids=["mid-epoch", "epoch-end", "multi-channel-convs"])
-def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp_path, model, at):
+# the plateau schedule halves the rate after every epoch but the first (none beats it by 1.0): the third epoch,
+# interrupted at its 11th step (576 images, batch 32), must resume at the rate the first two gave
+PLATEAU = dict(epochs=3, val_size=64, schedule="plateau", lr_factor=0.5, lr_patience=0, lr_min_delta=1.0)
+
+
+@pytest.mark.parametrize(("model", "at", "extra"), [(SPEC, 7, {}), (SPEC, 20, {}), ("keras-basic", 7, {}),
+                                                    (SPEC, 47, PLATEAU)],
+                         ids=["mid-epoch", "epoch-end", "multi-channel-convs", "plateau-schedule"])
+def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp_path, model, at, extra):
     # a checkpoint written from inside the step would pair the new weights with the old step count;
     # 20 is the first epoch's last step (640 images, batch 32), whose row must not be lost;
     # keras-basic's 32- and 64-channel conv kernels are channels-last, and so must Adam's state be after a resume
-    options = dict(model=model, optimizer="adam", epochs=2, batch_size=32, limit_train=640, limit_test=64, seed=3,
-                   verbose=0, threads=1)
+    options = {**dict(model=model, optimizer="adam", epochs=2, batch_size=32, limit_train=640, limit_test=64, seed=3,
+                      verbose=0, threads=1), **extra}
     full = train(make_config(**options, out=str(tmp_path / "full")), mnist)
+    assert len({row["lr"] for row in full.history}) == (2 if extra else 1)
     updates = 0
 
     def ctrl_c(optimizer, args, kwargs):

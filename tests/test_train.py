@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mnist_cnn import MnistCnnError, load_run, make_config, predict_logits, train
-from mnist_cnn.optim import KerasRMSprop, learning_rate
+from mnist_cnn.optim import KerasRMSprop, learning_rate, plateau_lr
 from mnist_cnn.runs import load_tensors, load_weights
 
 
@@ -162,6 +162,39 @@ def test_learning_rate_schedules():
     assert learning_rate("cosine", 1.0, 500, 100, 1000) == pytest.approx(0.5)
     assert learning_rate("onecycle", 1.0, 250, 100, 1000) == pytest.approx(1.0)
     assert learning_rate("onecycle", 1.0, 0, 100, 1000) == pytest.approx(0.1)
+
+
+# scores and the rate after each epoch as Keras 3.15's ReduceLROnPlateau gave them (from lr 1.0; mode min for
+# val_loss, max for val_accuracy, as Keras infers it once the model has metrics)
+KERAS_PLATEAUS = [
+    ("val_accuracy", dict(factor=0.1, patience=2, min_delta=0.01, cooldown=2, min_lr=0.001),
+     [0.5, 0.5, 0.673, 0.5, 0.676, 0.5, 0.251, 0.5, 0.175, 0.41, 0.5, 0.5, 0.357, 0.5, 0.561],
+     [1, 1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001, 0.001, 0.001, 0.001]),
+    ("val_loss", dict(factor=0.1, patience=2, min_delta=0.01, cooldown=1, min_lr=0.05),
+     [0.5, 0.749, 0.5, 0.5, 0.5, 0.5, 0.5, 0.538, 0.587, 0.151, 0.79, 0.5, 0.621, 0.164, 0.5],
+     [1, 1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05]),
+    ("val_accuracy", dict(factor=0.1, patience=3, min_delta=0.05, cooldown=1, min_lr=0.0),
+     [0.778, 0.598, 0.324, 0.5, 0.5, 0.783, 0.5, 0.06, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.849],
+     [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001, 0.001, 0.0001, 0.0001, 0.0001]),
+    ("val_loss", dict(factor=0.5, patience=0, min_delta=0.01, cooldown=1, min_lr=0.05),
+     [0.878, 0.713, 0.421, 0.5, 0.925, 0.5, 0.5, 0.34], [1, 1, 1, 0.5, 0.25, 0.125, 0.0625, 0.0625]),
+]
+
+
+@pytest.mark.parametrize("monitor, keras, scores, rates", KERAS_PLATEAUS)
+def test_plateau_schedule_is_keras_reduce_lr_on_plateau(monitor, keras, scores, rates):
+    ours = [plateau_lr(1.0, scores[:epoch], monitor, keras["factor"], keras["patience"], keras["min_delta"],
+                       keras["cooldown"], keras["min_lr"]) for epoch in range(1, len(scores) + 1)]
+    assert ours == pytest.approx(rates, rel=1e-6)  # Keras keeps the rate in float32
+
+
+def test_plateau_schedule_lowers_the_rate_in_training_and_says_so(mnist, tmp_path):
+    # no epoch beats the first one's accuracy by a whole 1.0: with patience 1, every later epoch halves the rate
+    said = []
+    run = train(quick(tmp_path, epochs=4, limit_train=600, val_size=200, schedule="plateau", monitor="val_accuracy",
+                      lr_factor=0.5, lr_patience=1, lr_min_delta=1.0, verbose=1), mnist, log=said.append)
+    assert [row["lr"] for row in run.history] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
+    assert "Epoch 2: ReduceLROnPlateau reducing learning rate to 0.0005" in said
 
 
 def test_augmentation_reaches_the_model_and_repeats_with_the_seed(mnist, tmp_path):

@@ -87,11 +87,12 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+_PLATEAU = ("lr_factor", "lr_patience", "lr_min_delta", "lr_cooldown", "min_lr")
 _TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "filters", "no_dropout", "data", "batch_size", "optimizer", "lr",
                    "seed", "validation_split", "val_size", "limit_train", "limit_test", "out", "rotation", "shift",
-                   "shear", "zoom", "schedule", "lr_decay", "label_smoothing", "weight_decay", "ema", "early_stopping",
-                   "min_delta", "monitor", "restore_best", "precision", "threads", "device", "no_channels_last",
-                   "checkpoint_every")
+                   "shear", "zoom", "schedule", "lr_decay", *_PLATEAU, "label_smoothing", "weight_decay", "ema",
+                   "early_stopping", "min_delta", "monitor", "restore_best", "precision", "threads", "device",
+                   "no_channels_last", "checkpoint_every")
 
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
@@ -107,9 +108,16 @@ def _refuse_unused(args: argparse.Namespace, config: Any) -> None:
     if args.lr_decay is not None and config.schedule != "exponential":
         raise MnistCnnError(f"--lr-decay is the exponential schedule's factor per epoch; this run's schedule is "
                             f"{config.schedule}: add --schedule exponential")
-    watched = [flag for flag, value in (("--monitor", args.monitor), ("--min-delta", args.min_delta)) if value]
-    if watched and not (config.early_stopping or config.restore_best):
-        raise MnistCnnError(f"{watched[0]} is for --early-stopping and --restore-best; give one of them")
+    plateau = _given(args, _PLATEAU)
+    if plateau and config.schedule != "plateau":
+        raise MnistCnnError(f"{plateau[0]} sets the plateau schedule (Keras's ReduceLROnPlateau); this run's schedule "
+                            f"is {config.schedule}: add --schedule plateau")
+    watching = config.early_stopping or config.restore_best
+    if args.min_delta and not watching:
+        raise MnistCnnError("--min-delta is for --early-stopping and --restore-best; give one of them")
+    if args.monitor and not (watching or config.schedule == "plateau"):
+        raise MnistCnnError("--monitor is for --early-stopping, --restore-best and --schedule plateau; "
+                            "give one of them")
 
 
 def _log_to(stream: TextIO) -> Callable[[str], None]:
@@ -150,6 +158,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             optimizer=args.optimizer, lr=args.lr, seed=args.seed, validation_split=args.validation_split,
             val_size=args.val_size, limit_train=args.limit_train, limit_test=args.limit_test, out=args.out,
             augment=augment, schedule=args.schedule, lr_decay=args.lr_decay, label_smoothing=args.label_smoothing,
+            **{name: getattr(args, name) for name in _PLATEAU},
             weight_decay=args.weight_decay, ema=args.ema, early_stopping=args.early_stopping, min_delta=args.min_delta,
             monitor=args.monitor, restore_best=args.restore_best or None, precision=args.precision,
             threads=args.threads, device=args.device, checkpoint_every=args.checkpoint_every,
@@ -349,8 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", type=float, help="augment: random width/height shift, a fraction of the size")
     p.add_argument("--shear", type=float, help="augment: random shear angle range in degrees")
     p.add_argument("--zoom", type=float, help="augment: random zoom range z (factor in [1-z, 1+z])")
-    p.add_argument("--schedule", choices=["constant", "exponential", "cosine", "onecycle"])
+    p.add_argument("--schedule", choices=["constant", "exponential", "cosine", "onecycle", "plateau"],
+                   help="plateau: Keras's ReduceLROnPlateau on --monitor, needs a validation set")
     p.add_argument("--lr-decay", type=float, help="exponential schedule: the factor per epoch (default 0.95)")
+    p.add_argument("--lr-factor", type=float, help="plateau schedule: lr *= FACTOR on a plateau (default 0.1)")
+    p.add_argument("--lr-patience", type=int, metavar="EPOCHS", help="plateau schedule: epochs without improvement "
+                   "before the lr drops (default 10)")
+    p.add_argument("--lr-min-delta", type=float, help="plateau schedule: a smaller change of --monitor is no "
+                   "improvement (default 1e-4)")
+    p.add_argument("--lr-cooldown", type=int, metavar="EPOCHS", help="plateau schedule: epochs after a drop before "
+                   "counting again (default 0)")
+    p.add_argument("--min-lr", type=float, help="plateau schedule: the lr's floor (default 0)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--ema", type=float, help="evaluate an exponential moving average of the weights (e.g. 0.999)")

@@ -1,4 +1,5 @@
-"""How parameters move: Keras-default optimisers, learning-rate schedules (pure functions of the step), EMA.
+"""How parameters move: Keras-default optimisers, learning-rate schedules (pure functions of the step, or of the
+finished epochs' validation scores for "plateau"), EMA.
 
 Keras's defaults (keras.optimizers, Keras 3):
     rmsprop  lr 1e-3, rho 0.9, momentum 0, epsilon 1e-7, update lr * g / sqrt(v + eps)
@@ -12,7 +13,7 @@ adds eps after the bias correction, where Keras adds it before (3x smaller steps
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from torch import nn
 from .errors import MnistCnnError
 
 DEFAULT_LR = {"rmsprop": 1e-3, "adam": 1e-3, "sgd": 1e-2}
-SCHEDULES = ("constant", "exponential", "cosine", "onecycle")
+SCHEDULES = ("constant", "exponential", "cosine", "onecycle", "plateau")
 
 
 class KerasRMSprop(torch.optim.Optimizer):
@@ -96,6 +97,7 @@ def learning_rate(schedule: str, base_lr: float, step: int, steps_per_epoch: int
     exponential  base_lr * decay ** epoch (Keras LearningRateScheduler(lambda e: lr * 0.95 ** e))
     cosine       half a cosine from base_lr to 0 over the run
     onecycle     linear warm-up from base_lr / 10 over the first 25% of steps, then linear down to 0
+    (plateau depends on validation scores, not on the step: see plateau_lr)
     """
     if schedule == "constant":
         return base_lr
@@ -110,6 +112,31 @@ def learning_rate(schedule: str, base_lr: float, step: int, steps_per_epoch: int
             return base_lr * (0.1 + 0.9 * progress / warm)
         return base_lr * (1 - progress) / (1 - warm)
     raise MnistCnnError(f"unknown schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+
+
+def improved(value: float, best: float | None, monitor: str, min_delta: float = 0.0) -> bool:
+    """Keras's test in EarlyStopping and ReduceLROnPlateau: better than the best so far by more than min_delta (any
+    first value is)."""
+    if best is None:
+        return True
+    return value < best - min_delta if monitor == "val_loss" else value > best + min_delta
+
+
+def plateau_lr(base_lr: float, scores: Sequence[float], monitor: str = "val_loss", factor: float = 0.1,
+               patience: int = 10, min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0) -> float:
+    """The next epoch's rate under Keras's ReduceLROnPlateau (same defaults), replayed over the finished epochs'
+    scores: a pure function of the history, so a resumed run needs no saved callback state."""
+    lr, best, wait, cool = base_lr, None, 0, 0
+    for score in scores:
+        if cool > 0:
+            cool, wait = cool - 1, 0
+        if improved(score, best, monitor, min_delta):
+            best, wait = score, 0
+        elif cool == 0:
+            wait += 1
+            if wait >= patience and lr > min_lr:
+                lr, cool, wait = max(lr * factor, min_lr), cooldown, 0
+    return lr
 
 
 class EMA:

@@ -33,7 +33,7 @@ from .data import MnistData, load_mnist, split_validation, to_float
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, loss_and_accuracy, predict_logits
 from .models import build_model, default_memory_format
-from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, learning_rate, make_optimizer
+from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, improved, learning_rate, make_optimizer, plateau_lr
 from .runs import (Run, has_trained, latest_checkpoint, load_weights, read_json, remove_run_files,
                    save_checkpoint, save_weights, write_history)
 from .spec import parse_spec
@@ -61,6 +61,11 @@ class TrainConfig:
     augment: dict[str, float] | None = None
     schedule: str = "constant"
     lr_decay: float = 0.95                 # per-epoch factor of the "exponential" schedule
+    lr_factor: float = 0.1                 # the "plateau" schedule (Keras's ReduceLROnPlateau on `monitor`, with its
+    lr_patience: int = 10                  # defaults): lr *= lr_factor after lr_patience epochs without an
+    lr_min_delta: float = 1e-4             # improvement larger than lr_min_delta, then lr_cooldown epochs of rest;
+    lr_cooldown: int = 0                   # never below min_lr
+    min_lr: float = 0.0
     label_smoothing: float = 0.0
     weight_decay: float = 0.0
     ema: float | None = None               # decay of the weight average used for evaluation, e.g. 0.999
@@ -136,6 +141,13 @@ def validate(c: TrainConfig) -> None:
     need(whole(c.seed) and 0 <= c.seed < 2**32, "--seed must be an integer from 0 to 2**32 - 1", c.seed)
     need(c.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}", c.schedule)
     need(number(c.lr_decay) and 0 < c.lr_decay <= 1, "--lr-decay must be in (0, 1]", c.lr_decay)
+    need(number(c.lr_factor) and 0 < c.lr_factor < 1, "--lr-factor must be in (0, 1)", c.lr_factor)
+    for name in ("lr_patience", "lr_cooldown"):
+        need(whole(getattr(c, name)) and getattr(c, name) >= 0, f"--{name.replace('_', '-')} must be a whole number "
+             ">= 0", getattr(c, name))
+    for name in ("min_delta", "lr_min_delta", "min_lr"):
+        need(number(getattr(c, name)) and 0 <= getattr(c, name) < math.inf, f"--{name.replace('_', '-')} must be a "
+             "number >= 0", getattr(c, name))
     need(number(c.label_smoothing) and 0 <= c.label_smoothing < 1, "--label-smoothing must be in [0, 1)",
          c.label_smoothing)
     need(number(c.weight_decay) and 0 <= c.weight_decay < 1, "--weight-decay must be in [0, 1)", c.weight_decay)
@@ -145,7 +157,6 @@ def validate(c: TrainConfig) -> None:
     need(isinstance(c.model, str) and isinstance(c.model_options, dict), "--model must be a name or a spec file "
          "(with a dict of model options)", (c.model, c.model_options))
     need(c.monitor in ("val_loss", "val_accuracy"), "--monitor must be val_loss or val_accuracy", c.monitor)
-    need(number(c.min_delta) and 0 <= c.min_delta < math.inf, "--min-delta must be a number >= 0", c.min_delta)
     need(c.precision in ("auto", "fp32", "bf16"), "--precision must be auto, fp32 or bf16", c.precision)
     need(isinstance(c.device, str) and (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")),
          "--device must be auto, cpu or cuda", c.device)
@@ -159,18 +170,11 @@ def validate(c: TrainConfig) -> None:
          c.validation_split)
     need(c.val_size is None or whole(c.val_size), "--val-size must be a whole number", c.val_size)
     need(c.out is None or isinstance(c.out, (str, os.PathLike)), "--out must be a folder's path", c.out)
-    if (c.early_stopping or c.restore_best) and not (c.validation_split or c.val_size):
-        raise MnistCnnError("--early-stopping and --restore-best need a validation set: "
+    if (c.early_stopping or c.restore_best or c.schedule == "plateau") and not (c.validation_split or c.val_size):
+        raise MnistCnnError("--early-stopping, --restore-best and --schedule plateau need a validation set: "
                             "add --validation-split or --val-size")
     if c.augment:
         Augment.from_dict(c.augment)
-
-
-def improved(value: float, best: float | None, monitor: str, min_delta: float = 0.0) -> bool:
-    """Keras's EarlyStopping test: better than the best so far by more than min_delta (any first value is)."""
-    if best is None:
-        return True
-    return value < best - min_delta if monitor == "val_loss" else value > best + min_delta
 
 
 def _device(name: str) -> torch.device:
@@ -427,6 +431,10 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         if is_main:
             save_checkpoint(out, step, tensors, meta)
 
+    def plateau(rows: list[dict[str, Any]]) -> float:  # replayed over the finished epochs: a resume agrees
+        return plateau_lr(base_lr, [r[config.monitor] for r in rows], config.monitor, config.lr_factor,
+                          config.lr_patience, config.lr_min_delta, config.lr_cooldown, config.min_lr)
+
     bf16 = _use_bf16(config.precision, device)
     say(f"Training {spec.name} on {n} images ({len(x_val)} validation) for {_epochs(config.epochs)}, "
         f"batch {config.batch_size}, {config.optimizer} lr {base_lr:g}, {world} process(es) on {device}"
@@ -446,6 +454,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             perm = torch.randperm(n, generator=epoch_gen).to(device)
             # one transform per place in the epoch, drawn at once: 1.5 us a batch against 84 (speed_ladder --data-ops)
             thetas = affine_matrices(n, augment, epoch_gen).to(device) if augment and not augment.is_identity else None
+            epoch_lr = plateau(history) if config.schedule == "plateau" else None
             model.train()
             t0 = time.perf_counter()
             for i in range(step % steps_per_epoch, steps_per_epoch):
@@ -456,7 +465,8 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
                 _seed_dropout(device, _step_seed(config.seed, step, rank))
                 if thetas is not None:
                     xb = apply_affine(xb, thetas[batch][rank::world]).contiguous(memory_format=memory_format)
-                lr = learning_rate(config.schedule, base_lr, step, steps_per_epoch, total_steps, config.lr_decay)
+                lr = epoch_lr if epoch_lr is not None else learning_rate(config.schedule, base_lr, step,
+                                                                          steps_per_epoch, total_steps, config.lr_decay)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with autocast:
@@ -497,6 +507,8 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             say(_epoch_line(row, config.epochs))
+            if epoch_lr is not None and (next_lr := plateau(history)) < epoch_lr:
+                say(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {next_lr:g}")
             if len(x_val):
                 value = row[config.monitor]
                 if improved(value, best, config.monitor, config.min_delta):

@@ -84,7 +84,8 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, s
 
 # the plateau schedule halves the rate after every epoch but the first (none beats it by 1.0): the third epoch,
 # interrupted at its 11th step (576 images, batch 32), must resume at the rate the first two gave
-PLATEAU = dict(epochs=3, val_size=64, schedule="plateau", lr_factor=0.5, lr_patience=0, lr_min_delta=1.0)
+PLATEAU = dict(epochs=3, val_size=64, schedule="plateau", monitor="val_accuracy", lr_factor=0.5, lr_patience=0,
+               lr_min_delta=1.0)
 
 
 @pytest.mark.parametrize(("model", "at", "extra"), [(SPEC, 7, {}), (SPEC, 20, {}), ("keras-basic", 7, {}),

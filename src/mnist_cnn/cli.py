@@ -114,7 +114,8 @@ def _refuse_unused(args: argparse.Namespace, config: Any) -> None:
                             f"is {config.schedule}: add --schedule plateau")
     watching = config.early_stopping or config.restore_best
     if args.min_delta and not watching:
-        raise MnistCnnError("--min-delta is for --early-stopping and --restore-best; give one of them")
+        plateau_own = " (the plateau schedule's is --lr-min-delta)" if config.schedule == "plateau" else ""
+        raise MnistCnnError(f"--min-delta is for --early-stopping and --restore-best{plateau_own}; give one of them")
     if args.monitor and not (watching or config.schedule == "plateau"):
         raise MnistCnnError("--monitor is for --early-stopping, --restore-best and --schedule plateau; "
                             "give one of them")
@@ -361,13 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["constant", "exponential", "cosine", "onecycle", "plateau"],
                    help="plateau: Keras's ReduceLROnPlateau on --monitor, needs a validation set")
     p.add_argument("--lr-decay", type=float, help="exponential schedule: the factor per epoch (default 0.95)")
-    p.add_argument("--lr-factor", type=float, help="plateau schedule: lr *= FACTOR on a plateau (default 0.1)")
+    p.add_argument("--lr-factor", type=float, metavar="FACTOR", help="plateau schedule: lr *= FACTOR on a plateau "
+                   "(default 0.1)")
     p.add_argument("--lr-patience", type=int, metavar="EPOCHS", help="plateau schedule: epochs without improvement "
                    "before the lr drops (default 10)")
     p.add_argument("--lr-min-delta", type=float, help="plateau schedule: a smaller change of --monitor is no "
                    "improvement (default 1e-4)")
-    p.add_argument("--lr-cooldown", type=int, metavar="EPOCHS", help="plateau schedule: epochs after a drop before "
-                   "counting again (default 0)")
+    p.add_argument("--lr-cooldown", type=int, metavar="N", help="plateau schedule: Keras's cooldown, the N - 1 "
+                   "epochs after a drop are not counted (default 0)")
     p.add_argument("--min-lr", type=float, help="plateau schedule: the lr's floor (default 0)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--weight-decay", type=float)

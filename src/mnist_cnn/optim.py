@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -116,10 +117,12 @@ def learning_rate(schedule: str, base_lr: float, step: int, steps_per_epoch: int
 
 def improved(value: float, best: float | None, monitor: str, min_delta: float = 0.0) -> bool:
     """Keras's test in EarlyStopping and ReduceLROnPlateau: better than the best so far by more than min_delta (any
-    first value is)."""
+    first value is), compared in float32 as Keras compares."""
     if best is None:
         return True
-    return value < best - min_delta if monitor == "val_loss" else value > best + min_delta
+    if monitor == "val_loss":
+        return bool(np.float32(value + min_delta) < np.float32(best))
+    return bool(np.float32(value - min_delta) > np.float32(best))
 
 
 def plateau_lr(base_lr: float, scores: Sequence[float], monitor: str = "val_loss", factor: float = 0.1,
@@ -134,8 +137,8 @@ def plateau_lr(base_lr: float, scores: Sequence[float], monitor: str = "val_loss
             best, wait = score, 0
         elif cool == 0:
             wait += 1
-            if wait >= patience and lr > min_lr:
-                lr, cool, wait = max(lr * factor, min_lr), cooldown, 0
+            if wait >= patience and np.float32(lr) > np.float32(min_lr):  # Keras keeps the rate in float32
+                lr, cool, wait = float(np.float32(max(float(np.float32(lr)) * factor, min_lr))), cooldown, 0
     return lr
 
 

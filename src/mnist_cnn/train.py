@@ -63,8 +63,8 @@ class TrainConfig:
     lr_decay: float = 0.95                 # per-epoch factor of the "exponential" schedule
     lr_factor: float = 0.1                 # the "plateau" schedule (Keras's ReduceLROnPlateau on `monitor`, with its
     lr_patience: int = 10                  # defaults): lr *= lr_factor after lr_patience epochs without an
-    lr_min_delta: float = 1e-4             # improvement larger than lr_min_delta, then lr_cooldown epochs of rest;
-    lr_cooldown: int = 0                   # never below min_lr
+    lr_min_delta: float = 1e-4             # improvement larger than lr_min_delta, never below min_lr; as in Keras,
+    lr_cooldown: int = 0                   # the lr_cooldown - 1 epochs after a drop are not counted
     min_lr: float = 0.0
     label_smoothing: float = 0.0
     weight_decay: float = 0.0
@@ -147,7 +147,7 @@ def validate(c: TrainConfig) -> None:
              ">= 0", getattr(c, name))
     for name in ("min_delta", "lr_min_delta", "min_lr"):
         need(number(getattr(c, name)) and 0 <= getattr(c, name) < math.inf, f"--{name.replace('_', '-')} must be a "
-             "number >= 0", getattr(c, name))
+             "finite number >= 0", getattr(c, name))
     need(number(c.label_smoothing) and 0 <= c.label_smoothing < 1, "--label-smoothing must be in [0, 1)",
          c.label_smoothing)
     need(number(c.weight_decay) and 0 <= c.weight_decay < 1, "--weight-decay must be in [0, 1)", c.weight_decay)
@@ -170,9 +170,10 @@ def validate(c: TrainConfig) -> None:
          c.validation_split)
     need(c.val_size is None or whole(c.val_size), "--val-size must be a whole number", c.val_size)
     need(c.out is None or isinstance(c.out, (str, os.PathLike)), "--out must be a folder's path", c.out)
-    if (c.early_stopping or c.restore_best or c.schedule == "plateau") and not (c.validation_split or c.val_size):
-        raise MnistCnnError("--early-stopping, --restore-best and --schedule plateau need a validation set: "
-                            "add --validation-split or --val-size")
+    watchers = [flag for flag, on in (("--early-stopping", c.early_stopping), ("--restore-best", c.restore_best),
+                                      ("--schedule plateau", c.schedule == "plateau")) if on]
+    if watchers and not (c.validation_split or c.val_size):
+        raise MnistCnnError(f"{watchers[0]} needs a validation set: add --validation-split or --val-size")
     if c.augment:
         Augment.from_dict(c.augment)
 

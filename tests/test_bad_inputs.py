@@ -215,6 +215,8 @@ CLI_CASES = [
      "layer 1 (Dense): field 'units' must be a positive integer, got '10'"),
     ("spec file", "a list as the layer type", lambda c: ["summary", c.spec([{"type": ["Dense"]}])],
      "layer 0 has unknown type ['Dense']"),
+    ("spec file", "a key given twice (JSON, YAML)", lambda c: ["summary", c.file("net.json", '{"layers": [{"type": '
+     '"Flatten"}, {"type": "Dense", "units": 10, "units": 20}]}')], "key 'units' is given twice in the same object"),
     ("spec file", "bad syntax", lambda c: ["summary", c.file("net.toml", "layers = [ { type = ")], "not valid TOML"),
     ("spec file", "YAML object tag", lambda c: ["summary", c.file("net.yaml", '!!python/object/apply:os.system ["id"]')],
      "not valid YAML"),

@@ -36,6 +36,22 @@ def test_toml_json_yaml_specs_agree(tmp_path):
     assert get_spec(str(tmp_path / "tiny.toml")) == spec
 
 
+@pytest.mark.parametrize("name, text", [
+    ("net.json", '{"layers": [{"type": "Flatten"}, {"type": "Dense", "units": 10, "units": 20}]}'),
+    ("net.yaml", "layers:\n  - type: Flatten\n  - {type: Dense, units: 10, units: 20}\n"),
+])
+def test_a_key_given_twice_is_refused_not_overwritten(tmp_path, name, text):
+    (tmp_path / name).write_text(text)  # JSON and YAML readers would keep 20 silently
+    with pytest.raises(MnistCnnError, match=rf"{name}: key 'units' is given twice in the same object; keep one"):
+        load_spec(tmp_path / name)
+
+
+def test_a_yaml_merge_may_override_the_keys_it_brings(tmp_path):
+    (tmp_path / "merge.yaml").write_text("layers:\n  - type: Flatten\n  - &dense {type: Dense, units: 10}\n"
+                                         "  - {<<: *dense, units: 20}\n")
+    assert [layer.args["units"] for layer in load_spec(tmp_path / "merge.yaml").layers[1:]] == [10, 20]
+
+
 def test_zoo_round_trips_through_dict():
     spec = get_spec("keras-bn")
     assert parse_spec(spec.to_dict()) == spec

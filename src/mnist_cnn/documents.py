@@ -23,10 +23,39 @@ def _yaml(text: str) -> Any:
         import yaml
     except ImportError:
         raise MnistCnnError("reading YAML needs PyYAML (pip install pyyaml)") from None
-    return yaml.safe_load(text)  # the safe loader: a file cannot construct Python objects
+
+    class UniqueKeys(yaml.SafeLoader):  # the safe loader: a file cannot construct Python objects
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+            # keys a "<<" merge brings in may be overridden: that is YAML, not a slip
+            _refuse_twice([self.construct_object(k) for k, _ in node.value
+                           if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge"])
+            return super().construct_mapping(node, deep)
+
+    loader = UniqueKeys(text)  # what yaml.safe_load does, with the key check
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
-_PARSERS = {".toml": _toml, ".json": json.loads, ".yaml": _yaml, ".yml": _yaml}
+def _json(text: str) -> Any:
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        _refuse_twice([key for key, _ in pairs])
+        return dict(pairs)
+
+    return json.loads(text, object_pairs_hook=unique)
+
+
+def _refuse_twice(keys: list[Any]) -> None:
+    """JSON and YAML readers keep the last of a repeated key silently (TOML's refuses it): one of the two was a slip."""
+    seen = set()
+    for key in keys:
+        if key in seen:
+            raise MnistCnnError(f"key {key!r} is given twice in the same object; keep one")
+        seen.add(key)
+
+
+_PARSERS = {".toml": _toml, ".json": _json, ".yaml": _yaml, ".yml": _yaml}
 
 
 def read_document(path: str | os.PathLike, what: str, suffixes: tuple[str, ...] = tuple(_PARSERS)) -> Any:

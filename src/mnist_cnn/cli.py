@@ -105,13 +105,12 @@ def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 def _refuse_unused(args: argparse.Namespace, config: Any) -> None:
     """Flags that the rest of the settings make do nothing are refused, not ignored (a grid or Python may set such
     values: they are harmless there)."""
-    if args.lr_decay is not None and config.schedule != "exponential":
-        raise MnistCnnError(f"--lr-decay is the exponential schedule's factor per epoch; this run's schedule is "
-                            f"{config.schedule}: add --schedule exponential")
-    plateau = _given(args, _PLATEAU)
-    if plateau and config.schedule != "plateau":
-        raise MnistCnnError(f"{plateau[0]} sets the plateau schedule (Keras's ReduceLROnPlateau); this run's schedule "
-                            f"is {config.schedule}: add --schedule plateau")
+    for schedule, flags, what in (("exponential", ("lr_decay",), "is the exponential schedule's factor per epoch"),
+                                  ("plateau", _PLATEAU, "sets the plateau schedule (Keras's ReduceLROnPlateau)")):
+        given = _given(args, flags)
+        if given and config.schedule != schedule:
+            raise MnistCnnError(f"{given[0]} {what}; this run's schedule is {config.schedule}: "
+                                f"add --schedule {schedule}")
     watching = config.early_stopping or config.restore_best
     if args.min_delta and not watching:
         plateau_own = " (the plateau schedule's is --lr-min-delta)" if config.schedule == "plateau" else ""

@@ -121,8 +121,8 @@ def improved(value: float, best: float | None, monitor: str, min_delta: float = 
     if best is None:
         return True
     if monitor == "val_loss":
-        return bool(np.float32(value + min_delta) < np.float32(best))
-    return bool(np.float32(value - min_delta) > np.float32(best))
+        return _f32(value + min_delta) < _f32(best)
+    return _f32(value - min_delta) > _f32(best)
 
 
 def plateau_lr(base_lr: float, scores: Sequence[float], monitor: str = "val_loss", factor: float = 0.1,
@@ -137,9 +137,14 @@ def plateau_lr(base_lr: float, scores: Sequence[float], monitor: str = "val_loss
             best, wait = score, 0
         elif cool == 0:
             wait += 1
-            if wait >= patience and np.float32(lr) > np.float32(min_lr):  # Keras keeps the rate in float32
-                lr, cool, wait = float(np.float32(max(float(np.float32(lr)) * factor, min_lr))), cooldown, 0
+            if wait >= patience and _f32(lr) > _f32(min_lr):  # Keras keeps the rate in a float32 variable
+                lr, cool, wait = _f32(max(_f32(lr) * factor, min_lr)), cooldown, 0
     return lr
+
+
+def _f32(x: float) -> float:
+    """x rounded to float32, where Keras holds rates and compares scores."""
+    return float(np.float32(x))
 
 
 class EMA:

@@ -180,3 +180,23 @@ def test_version_and_a_missing_extra_get_one_line(capsys, monkeypatch, trained_r
     code, _, err = run_cli(capsys, "serve", str(trained_run.path))
     assert code == 2 and err == "error: serve needs the 'serve' extra (fastapi is not installed): pip install " \
                                "'mnist-cnn[serve]'\n"
+
+
+def test_every_option_says_what_it_does_and_the_defaults_it_names_are_the_real_ones():
+    import re
+
+    from mnist_cnn.cli import build_parser
+    from mnist_cnn.train import TrainConfig
+    from mnist_cnn.zoo import MODELS
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"mnist-cnn {name} {'/'.join(action.option_strings) or action.dest} has no help"
+    for action in commands.choices["train"]._actions:
+        m = re.search(r"default:? ([\w.+-]+)\)", action.help)  # "(default 0.95)": TrainConfig's value
+        if m and action.dest in TrainConfig.__dataclass_fields__:
+            value = getattr(TrainConfig, action.dest)
+            assert m[1] == value if isinstance(value, str) else float(m[1]) == value, action.dest
+        if m := re.search(r"the recipe's; keras-basic (\w+)\)", action.help):  # the default model's recipe
+            assert m[1] == str(MODELS["keras-basic"].recipe[action.dest]), action.dest

@@ -308,6 +308,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 _RUN_OR_ENSEMBLE = "a run directory, or an ensemble's (mnist-cnn ensemble ... --out DIR)"
+_JSON = "print JSON instead of text"
+_SEED = "seed of the weights, the shuffling, the augmentation and dropout (default 0)"
+_TRAIN_DATA = "a directory of IDX files or a .npz file (default: the bundled MNIST)"
 
 
 def _add_data_option(p: argparse.ArgumentParser) -> None:
@@ -331,23 +334,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the named architectures and their tutorial recipes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=_JSON)
 
     p = sub.add_parser("summary", help="print a Keras-style summary of a named model or a spec file")
-    p.add_argument("model", metavar="MODEL_OR_SPEC_FILE")
+    p.add_argument("model", metavar="MODEL_OR_SPEC_FILE", help="a named model (see `mnist-cnn models`) or a "
+                   ".toml/.json/.yaml spec file")
     _add_model_options(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=_JSON)
 
     p = sub.add_parser("train", help="train a model (defaults: keras-basic tutorial recipe on bundled MNIST)")
     p.add_argument("--model", help="a named model (see `mnist-cnn models`) or a .toml/.json/.yaml spec file")
     p.add_argument("--recipe", help="a named recipe: model + optimiser + schedule + augmentation + epochs")
     _add_model_options(p)
-    p.add_argument("--data", help="a directory of IDX files or a .npz file (default: the bundled MNIST)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=["rmsprop", "adam", "sgd"])
+    p.add_argument("--data", help=_TRAIN_DATA)
+    p.add_argument("--epochs", type=int, help="epochs to train (default: the recipe's; keras-basic 5)")
+    p.add_argument("--batch-size", type=int, help="images per step (default: the recipe's; keras-basic 64)")
+    p.add_argument("--optimizer", choices=["rmsprop", "adam", "sgd"], help="with Keras's defaults (default: the "
+                   "recipe's; keras-basic rmsprop)")
     p.add_argument("--lr", type=float, help="learning rate (default: Keras's default for the optimizer)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help=_SEED)
     val = p.add_mutually_exclusive_group()
     val.add_argument("--validation-split", type=float, help="the last fraction of the training data validates")
     val.add_argument("--val-size", type=int, help="the last N training images validate (e.g. 5000)")
@@ -370,11 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-cooldown", type=int, metavar="N", help="plateau schedule: Keras's cooldown, the N - 1 "
                    "epochs after a drop are not counted (default 0)")
     p.add_argument("--min-lr", type=float, help="plateau schedule: the lr's floor (default 0)")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float, help="the cross-entropy's label smoothing, as Keras's "
+                   "label_smoothing (default 0)")
+    p.add_argument("--weight-decay", type=float, help="decoupled weight decay, w -= lr * wd * w each step, as Keras "
+                   "3's optimizers' weight_decay (default 0)")
     p.add_argument("--ema", type=float, help="evaluate an exponential moving average of the weights (e.g. 0.999)")
-    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
-    p.add_argument("--monitor", choices=["val_loss", "val_accuracy"])
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without "
+                   "improvement of --monitor (Keras's EarlyStopping); needs a validation set")
+    p.add_argument("--monitor", choices=["val_loss", "val_accuracy"], help="what --early-stopping, --restore-best "
+                   "and the plateau schedule watch (default val_loss)")
     p.add_argument("--min-delta", type=float, help="a smaller change of --monitor is no improvement (Keras's "
                    "EarlyStopping min_delta; default 0)")
     p.add_argument("--restore-best", action="store_true", help="end with the best weights on --monitor")
@@ -389,15 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
     _add_data_option(p)
     p.add_argument("--limit-test", type=int, help="the first N test images (default: as many as the run was tested on)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=_JSON)
 
     p = sub.add_parser("report", help="write one self-contained HTML page about a run: summary, metrics, pictures")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (mnist-cnn train --out DIR)")
     p.add_argument("--out", metavar="FILE", help="the HTML file to write (default: RUN_DIR/report.html)")
     _add_data_option(p)
 
     p = sub.add_parser("explain", help="pictures of one digit inside a run's model: feature maps, saliency")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (mnist-cnn train --out DIR)")
     digit = p.add_mutually_exclusive_group(required=True)
     digit.add_argument("--index", type=int, metavar="N", help="the N-th image of the test set")
     digit.add_argument("--image", metavar="FILE", help="your own image (PNG, JPEG, ...), made MNIST-like first")
@@ -411,12 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=int, metavar="N", help="first train N members with seeds SEED..SEED+N-1")
     p.add_argument("--recipe", help="recipe of the trained members (default with --train: best)")
     p.add_argument("--model", help="model of the trained members")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int, help="seed of the first trained member")
-    p.add_argument("--data")
-    p.add_argument("--limit-train", type=int)
+    p.add_argument("--epochs", type=int, help="epochs of the trained members (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="seed of the first trained member (default 0)")
+    p.add_argument("--data", help=_TRAIN_DATA)
+    p.add_argument("--limit-train", type=int, help="train the members on the first N training images")
     p.add_argument("--val-size", type=int, help="the last N training images validate the trained members")
-    p.add_argument("--limit-test", type=int)
+    p.add_argument("--limit-test", type=int, help="evaluate members and ensemble on the first N test images")
     _add_compute_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -425,9 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="seeds per cell (default: the grid's, else 3)")
     p.add_argument("--out", help="directory for runs/, results.json and results.png (default experiments/NAME)")
     p.add_argument("--epochs", type=int, help="override every run's epochs")
-    p.add_argument("--limit-train", type=int)
-    p.add_argument("--limit-test", type=int)
-    p.add_argument("--data")
+    p.add_argument("--limit-train", type=int, help="train every run on the first N training images")
+    p.add_argument("--limit-test", type=int, help="evaluate every run on the first N test images")
+    p.add_argument("--data", help=_TRAIN_DATA)
     _add_compute_options(p)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p = sub.add_parser("predict", help="predict the digit in your own image files (PNG, JPEG, GIF, BMP, ...)")
@@ -436,19 +445,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-preprocessed", metavar="DIR", help="write the 28x28 images the model was fed here")
     p.add_argument("--raw", action="store_true", help="feed 28x28 images as they are, without the MNIST preparation "
                    "(inverting, cropping, centring): for sets that are not white digits on black")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=_JSON)
 
     p = sub.add_parser("export", help="export a run's model: onnx, torchscript or safetensors")
     p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
     p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], help="default: from --out's suffix")
-    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write: .onnx, .pt (TorchScript) or "
+                   ".safetensors")
     _add_data_option(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=_JSON)
 
     p = sub.add_parser("serve", help="HTTP inference service with a drawing page at /")
     p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine "
+                   "only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
     return parser
 
 
@@ -456,7 +467,8 @@ def _add_compute_options(p: argparse.ArgumentParser) -> None:
     """Where and how training runs: shared by train, ensemble and experiment."""
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="auto (default): bfloat16 autocast where the hardware supports it")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads (default: every core, shared among torchrun's local "
+                   "processes)")
     p.add_argument("--device", help="auto, cpu or cuda")
 
 

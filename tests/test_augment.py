@@ -81,11 +81,15 @@ def test_shift_fraction_scales_with_image_size_and_non_square_images():
     theta = affine_matrices(1000, Augment(width_shift=0.1), gen(), size=(28, 28))
     assert torch.equal(theta[:, :, :2], torch.eye(2).expand(1000, 2, 2))  # a pure shift ...
     assert theta[:, 1, 2].abs().max() == 0 and 0.18 < theta[:, 0, 2].abs().max() <= 0.2  # ... of <=10% of W
+    theta = affine_matrices(1000, Augment(height_shift=0.1), gen(), size=(20, 40))
+    assert 0.18 < theta[:, 1, 2].abs().max() <= 0.2  # <=10% of H (2 px of 20), not of W
 
 
 def test_keras_shear_and_zoom_matrices():
     th = params(shear=30)[0]
     torch.testing.assert_close(th[:, :2], torch.tensor([[1.0, -0.5], [0.0, math.cos(math.pi / 6)]]))
+    th = params(angle=90, zx=2)[0]  # R @ Z: the zoom scales the x column, after the rotation too
+    torch.testing.assert_close(th[:, :2], torch.tensor([[0.0, -1.0], [2.0, 0.0]]), atol=1e-6, rtol=0)
     # Keras zoom is the sampling-grid scale: factor 2 shows twice the field of view -> the digit shrinks
     x = torch.zeros(1, 1, 28, 28)
     x[..., 9:19, 9:19] = 1.0

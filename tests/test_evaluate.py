@@ -25,6 +25,13 @@ def test_metrics_by_hand():
     assert "   macro" in format_metrics(m) and "weighted" in format_metrics(m)
 
 
+def test_a_class_never_predicted_has_precision_zero_as_in_scikit_learn():
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 1, 1]), 3).float()
+    m = metrics_from_logits(logits, torch.tensor([0, 1, 2]))  # class 2 is never predicted
+    assert [r["precision"] for r in m["per_class"]] == [1.0, 0.5, 0.0]
+    assert m["macro"]["precision"] == pytest.approx(0.5)
+
+
 def test_evaluate_takes_a_run_or_model_and_images_as_mnist_holds_them_and_refuses_the_rest(trained_run, mnist):
     import numpy as np
 

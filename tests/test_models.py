@@ -9,7 +9,7 @@ import torch
 from mnist_cnn import MODELS, build_model, count_params, get_spec, layer_table, summary
 from mnist_cnn.data import to_float
 from mnist_cnn.explain import feature_maps, saliency
-from mnist_cnn.export import export_model
+from mnist_cnn.export import export_model, run_exported
 from mnist_cnn.predict import predict_arrays
 from mnist_cnn.spec import parse_spec
 
@@ -91,7 +91,11 @@ def test_predicting_explaining_and_exporting_a_model_in_training_mode(tmp_path):
     assert np.allclose(predicted, expected.numpy(), atol=1e-6)
     feature_maps(model, images[0])
     saliency(model, images[0])
-    export_model(model, None, tmp_path / "model.safetensors")
+    for name in ("model.safetensors", "model.pt", "model.onnx"):  # the exports hold the eval-mode graph
+        path = export_model(model, None, tmp_path / name)
+        if name != "model.safetensors":
+            exported = torch.softmax(torch.from_numpy(run_exported(path, images)), 1)
+            assert torch.allclose(exported, expected, atol=1e-5), name
     assert model.training
 
 
@@ -103,7 +107,22 @@ def test_batch_norm_keeps_keras_moving_statistics():
     bn.train()(x)
     assert torch.allclose(bn.running_mean, 0.01 * x.mean(0), atol=1e-6)
     assert torch.allclose(bn.running_var, 0.99 + 0.01 * x.var(0, correction=0), atol=1e-5)
+    bn.running_var.zero_()  # from 0 and with a tiny variance, an eps (1e-3) left in the moving variance would show
+    bn(x * 1e-3)
+    assert torch.allclose(bn.running_var, 0.01 * (x * 1e-3).var(0, correction=0), rtol=1e-3, atol=0)
     assert torch.allclose(bn(x[:1]), bn.bias.expand(1, 512), atol=1e-4)  # a batch of one: normalised to zero, then beta
+
+
+def test_same_padding_puts_the_odd_pixel_at_the_bottom_and_right_as_keras():
+    # 5x5 stride 2 on 28 pads 3 pixels: Keras (TensorFlow) puts 1 above/left and 2 below/right, so the centre
+    # tap of output (0, 0) reads input (1, 1)
+    conv = {"type": "Conv2D", "filters": 1, "kernel_size": 5, "strides": 2, "padding": "same", "use_bias": False}
+    model = build_model(parse_spec({"layers": [conv, {"type": "Flatten"}, {"type": "Dense", "units": 10}]}))
+    weight = next(m for m in model.layers[0] if isinstance(m, torch.nn.Conv2d)).weight
+    with torch.no_grad():
+        weight.zero_()[0, 0, 2, 2] = 1.0
+        x = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(model.forward_features(x)[0], x[..., 1::2, 1::2])
 
 
 def test_same_average_pooling_averages_only_the_cells_inside_the_image():

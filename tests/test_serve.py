@@ -87,9 +87,15 @@ def test_json_arrays_in_both_value_ranges(client, mnist, trained_run):
     for a, b, e in zip(unit, byte, expected):
         assert a["digit"] == b["digit"] == int(e.argmax())
         assert np.abs(np.array(a["probabilities"]) - e).max() < 1e-5 and "image" not in a
+        assert np.abs(np.array(b["probabilities"]) - e).max() < 1e-5  # 0-255 means the same images
 
 
 ARRAY = [[0] * 28] * 28
+
+
+def test_a_request_of_exactly_max_images_is_served(client):
+    response = client.post("/v1/predict", json={"images": [ARRAY] * MAX_IMAGES})
+    assert response.status_code == 200 and len(response.json()["predictions"]) == MAX_IMAGES
 
 
 @pytest.mark.parametrize("kwargs, status, code", [

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mnist_cnn import MnistCnnError, load_run, make_config, predict_logits, train
+from mnist_cnn.evaluate import loss_and_accuracy
 from mnist_cnn.optim import KerasRMSprop, learning_rate, plateau_lr
 from mnist_cnn.runs import load_tensors, load_weights
 
@@ -40,6 +41,19 @@ def test_same_seed_same_history_and_weights(mnist, tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
     c = train(quick(tmp_path, "c", seed=4, validation_split=0.1), mnist)
     assert timeless(c.history) != timeless(a.history)
+
+
+def test_the_seed_draws_the_initial_weights(mnist, tmp_path):
+    # one training image, so that the order cannot differ: only the initial weights can tell the seeds apart
+    a, b = (train(quick(tmp_path, str(seed), seed=seed, limit_train=1), mnist) for seed in (3, 4))
+    assert not torch.equal(a.model.layers[0][0].weight, b.model.layers[0][0].weight)
+
+
+def test_each_epoch_draws_its_own_order(mnist, tmp_path, monkeypatch):
+    orders, randperm = [], torch.randperm
+    monkeypatch.setattr(torch, "randperm", lambda *a, **k: orders.append(randperm(*a, **k)) or orders[-1])
+    train(quick(tmp_path, epochs=2, limit_train=256), mnist)
+    assert len(orders) == 2 and not torch.equal(*orders)
 
 
 def test_run_directory_reloads_to_identical_predictions(mnist, tmp_path):
@@ -103,11 +117,16 @@ def test_python_values_a_notebook_has_are_taken_and_its_state_is_left_alone(mnis
     torch.set_num_threads(2)
 
 
-def test_early_stopping_and_best_checkpoint(mnist, tmp_path):
-    run = train(quick(tmp_path, epochs=6, limit_train=600, validation_split=0.5, early_stopping=1,
-                      monitor="val_accuracy", restore_best=True, lr=0.5, optimizer="sgd"), mnist)
-    assert (run.path / "best.safetensors").exists()
-    assert len(run.history) <= 6
+def test_early_stopping_keeps_the_best_epoch_and_stops_patience_epochs_after_it(mnist, tmp_path):
+    run = train(quick(tmp_path, epochs=8, limit_train=600, validation_split=0.5, early_stopping=1,
+                      restore_best=True), mnist)
+    losses = [row["val_loss"] for row in run.history]
+    best = losses.index(min(losses)) + 1
+    assert 1 < best < len(losses) < 8  # the case worth testing: measured best epoch 4 of 5
+    assert len(losses) == best + 1  # patience 1: the first epoch without improvement stops
+    assert load_tensors(run.path / "best.safetensors")[1]["epoch"] == best
+    kept = load_weights(run.path / "best.safetensors").state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in run.model.state_dict().items())
 
 
 def test_an_improvement_is_larger_than_min_delta_as_in_keras_early_stopping():
@@ -161,9 +180,13 @@ def test_keras_adam_matches_the_keras_formula_at_every_step():
 def test_learning_rate_schedules():
     assert learning_rate("constant", 0.1, 500, 100, 1000) == 0.1
     assert learning_rate("exponential", 1.0, 250, 100, 1000) == pytest.approx(0.95 ** 2)
+    assert learning_rate("exponential", 1.0, 99, 100, 1000) == 1.0  # the whole first epoch at the base rate
+    assert learning_rate("exponential", 1.0, 100, 100, 1000) == pytest.approx(0.95)
     assert learning_rate("cosine", 1.0, 500, 100, 1000) == pytest.approx(0.5)
     assert learning_rate("onecycle", 1.0, 250, 100, 1000) == pytest.approx(1.0)
     assert learning_rate("onecycle", 1.0, 0, 100, 1000) == pytest.approx(0.1)
+    assert learning_rate("onecycle", 1.0, 125, 100, 1000) == pytest.approx(0.55)  # half-way up, linearly
+    assert learning_rate("onecycle", 1.0, 625, 100, 1000) == pytest.approx(0.5)  # half-way down, linearly
 
 
 # scores and the rate after each epoch as Keras 3.15's ReduceLROnPlateau gave them (from lr 1.0; mode min for
@@ -208,6 +231,25 @@ def test_augmentation_reaches_the_model_and_repeats_with_the_seed(mnist, tmp_pat
     assert timeless(spun.history) == timeless(again.history)
     still = train(quick(tmp_path, "still", seed=1, augment={"rotation": 0}), mnist)
     assert timeless(still.history) == timeless(plain.history)  # ranges of zero leave the images untouched
+
+
+def test_validation_scores_the_weight_average_that_is_evaluated(mnist, tmp_path):
+    # with --ema, val_loss (and so early stopping and best.safetensors) must judge the model that is kept
+    run = train(quick(tmp_path, limit_train=600, val_size=200, ema=0.9), mnist)
+    loss, _ = loss_and_accuracy(predict_logits(run.model, mnist.x_train[400:600]), mnist.y_train[400:600])
+    assert run.history[0]["val_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_label_smoothing_and_weight_decay_reach_the_training(mnist, tmp_path):
+    plain = train(quick(tmp_path, "plain", limit_train=256), mnist)
+    smoothed = train(quick(tmp_path, "smoothed", limit_train=256, label_smoothing=0.1), mnist)
+    decayed = train(quick(tmp_path, "decayed", limit_train=256, weight_decay=0.5), mnist)
+    assert smoothed.history[0]["loss"] > plain.history[0]["loss"]  # smoothed targets: a higher cross-entropy
+
+    def norm(run):
+        return sum(p.square().sum() for p in run.model.parameters())
+
+    assert norm(decayed) < norm(plain)
 
 
 def test_a_relative_data_path_is_recorded_absolute(tmp_path, monkeypatch):

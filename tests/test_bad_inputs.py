@@ -453,6 +453,22 @@ def test_the_real_command_prints_one_line_and_debug_shows_the_traceback(tmp_path
         main(["--debug", "summary", "nope"])
 
 
+def test_every_file_the_package_writes_goes_through_atomic_write():
+    """A user's file is never left half-written: the package writes only via atomic.py (temp file, fsync, rename);
+    savers that take a path get an in-memory buffer (or a private temp folder) instead."""
+    src = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn"
+    for path in src.rglob("*.py"):
+        if path.name == "atomic.py":
+            continue
+        code = path.read_text(encoding="utf-8")
+        assert not re.search(r"\.write_(text|bytes)\(", code), path.name
+        assert not re.search(r"\bopen\([^)]*[\"'][rb+]*[wax]", code), path.name
+        targets = re.findall(r"(?:savefig|savez_compressed|savez|(?<!jit)\.save)\(\s*([\w.]+)", code)
+        targets += re.findall(r"jit\.save\(\s*\w+,\s*([\w.]+)", code)  # jit.save(module, where)
+        for target in targets:
+            assert target in ("buf", "os.path.join"), f"{path.name} saves straight to {target}"
+
+
 def test_nothing_in_the_package_unpickles():
     """No torch.load without weights_only=True, no np.load(allow_pickle=True), no pickle/marshal/shelve, no
     yaml.load; torch.jit.load only in export.run_exported (check_parity reads back the file it just exported)."""

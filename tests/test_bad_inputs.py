@@ -453,11 +453,13 @@ def test_the_real_command_prints_one_line_and_debug_shows_the_traceback(tmp_path
         main(["--debug", "summary", "nope"])
 
 
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn"  # the source the static checks read
+
+
 def test_every_file_the_package_writes_goes_through_atomic_write():
     """A user's file is never left half-written: the package writes only via atomic.py (temp file, fsync, rename);
     savers that take a path get an in-memory buffer (or a private temp folder) instead."""
-    src = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn"
-    for path in src.rglob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         if path.name == "atomic.py":
             continue
         code = path.read_text(encoding="utf-8")
@@ -472,8 +474,7 @@ def test_every_file_the_package_writes_goes_through_atomic_write():
 def test_nothing_in_the_package_unpickles():
     """No torch.load without weights_only=True, no np.load(allow_pickle=True), no pickle/marshal/shelve, no
     yaml.load; torch.jit.load only in export.run_exported (check_parity reads back the file it just exported)."""
-    src = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn"
-    for path in src.rglob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         code = "\n".join(line for line in path.read_text(encoding="utf-8").splitlines()
                          if not line.lstrip().startswith("#"))
         code = re.sub(r'"""[\s\S]*?"""', "", code)  # docstrings show how others may load our exports

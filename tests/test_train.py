@@ -117,6 +117,13 @@ def test_python_values_a_notebook_has_are_taken_and_its_state_is_left_alone(mnis
     torch.set_num_threads(2)
 
 
+def assert_ends_with_the_best_weights(run, epoch: int) -> None:
+    """best.safetensors holds epoch `epoch`'s weights, and --restore-best ended the run with them."""
+    assert load_tensors(run.path / "best.safetensors")[1]["epoch"] == epoch
+    kept = load_weights(run.path / "best.safetensors").state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in run.model.state_dict().items())
+
+
 def test_early_stopping_keeps_the_best_epoch_and_stops_patience_epochs_after_it(mnist, tmp_path):
     run = train(quick(tmp_path, epochs=8, limit_train=600, validation_split=0.5, early_stopping=1,
                       restore_best=True), mnist)
@@ -124,9 +131,7 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_patience_epochs_after_it(
     best = losses.index(min(losses)) + 1
     assert 1 < best < len(losses) < 8  # the case worth testing: measured best epoch 4 of 5
     assert len(losses) == best + 1  # patience 1: the first epoch without improvement stops
-    assert load_tensors(run.path / "best.safetensors")[1]["epoch"] == best
-    kept = load_weights(run.path / "best.safetensors").state_dict()
-    assert all(torch.equal(v, kept[k]) for k, v in run.model.state_dict().items())
+    assert_ends_with_the_best_weights(run, best)
 
 
 def test_an_improvement_is_larger_than_min_delta_as_in_keras_early_stopping():
@@ -146,9 +151,7 @@ def test_min_delta_stops_after_patience_epochs_without_a_large_enough_gain(mnist
                       monitor="val_accuracy", restore_best=True, verbose=1), mnist, log=said.append)
     assert [row["epoch"] for row in run.history] == [1, 2, 3]
     assert "Early stopping: val_accuracy did not improve by more than 1 for 2 epochs" in said
-    assert load_tensors(run.path / "best.safetensors")[1]["epoch"] == 1  # and the kept weights are epoch 1's
-    best = load_weights(run.path / "best.safetensors").state_dict()
-    assert all(torch.equal(v, best[k]) for k, v in run.model.state_dict().items())
+    assert_ends_with_the_best_weights(run, 1)
 
 
 def test_keras_rmsprop_matches_the_keras_formula():

@@ -309,7 +309,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 _RUN_OR_ENSEMBLE = "a run directory, or an ensemble's (mnist-cnn ensemble ... --out DIR)"
 _JSON = "print JSON instead of text"
-_SEED = "seed of the weights, the shuffling, the augmentation and dropout (default 0)"
+_JSON_LAST = "print one JSON object as the last line"
+_MODEL = "a named model (see `mnist-cnn models`) or a .toml/.json/.yaml spec file"
+_RUN = "a run directory (mnist-cnn train --out DIR)"
 _TRAIN_DATA = "a directory of IDX files or a .npz file (default: the bundled MNIST)"
 
 
@@ -337,13 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help=_JSON)
 
     p = sub.add_parser("summary", help="print a Keras-style summary of a named model or a spec file")
-    p.add_argument("model", metavar="MODEL_OR_SPEC_FILE", help="a named model (see `mnist-cnn models`) or a "
-                   ".toml/.json/.yaml spec file")
+    p.add_argument("model", metavar="MODEL_OR_SPEC_FILE", help=_MODEL)
     _add_model_options(p)
     p.add_argument("--json", action="store_true", help=_JSON)
 
     p = sub.add_parser("train", help="train a model (defaults: keras-basic tutorial recipe on bundled MNIST)")
-    p.add_argument("--model", help="a named model (see `mnist-cnn models`) or a .toml/.json/.yaml spec file")
+    p.add_argument("--model", help=_MODEL)
     p.add_argument("--recipe", help="a named recipe: model + optimiser + schedule + augmentation + epochs")
     _add_model_options(p)
     p.add_argument("--data", help=_TRAIN_DATA)
@@ -352,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["rmsprop", "adam", "sgd"], help="with Keras's defaults (default: the "
                    "recipe's; keras-basic rmsprop)")
     p.add_argument("--lr", type=float, help="learning rate (default: Keras's default for the optimizer)")
-    p.add_argument("--seed", type=int, help=_SEED)
+    p.add_argument("--seed", type=int, help="seed of the weights, the shuffling, the augmentation and dropout "
+                   "(default 0)")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--validation-split", type=float, help="the last fraction of the training data validates")
     val.add_argument("--val-size", type=int, help="the last N training images validate (e.g. 5000)")
@@ -391,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-channels-last", action="store_true", help="keep PyTorch's default NCHW layout")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last good checkpoint")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--json", action="store_true", help=_JSON_LAST)
 
     p = sub.add_parser("evaluate", help="evaluate a run or ensemble on the test set: accuracy, per-class metrics, "
                        "confusion")
@@ -401,12 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help=_JSON)
 
     p = sub.add_parser("report", help="write one self-contained HTML page about a run: summary, metrics, pictures")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (mnist-cnn train --out DIR)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN)
     p.add_argument("--out", metavar="FILE", help="the HTML file to write (default: RUN_DIR/report.html)")
     _add_data_option(p)
 
     p = sub.add_parser("explain", help="pictures of one digit inside a run's model: feature maps, saliency")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (mnist-cnn train --out DIR)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN)
     digit = p.add_mutually_exclusive_group(required=True)
     digit.add_argument("--index", type=int, metavar="N", help="the N-th image of the test set")
     digit.add_argument("--image", metavar="FILE", help="your own image (PNG, JPEG, ...), made MNIST-like first")
@@ -427,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, help="the last N training images validate the trained members")
     p.add_argument("--limit-test", type=int, help="evaluate members and ensemble on the first N test images")
     _add_compute_options(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--json", action="store_true", help=_JSON_LAST)
 
     p = sub.add_parser("experiment", help="train a grid of variants over several seeds; mean and std per cell")
     p.add_argument("grid_file", metavar="GRID_FILE", help="a .toml/.json grid: [base] options + [axes] lists")

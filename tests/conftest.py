@@ -33,7 +33,7 @@ def trained_run(mnist, tmp_path_factory):
 def start_server():
     """Start an ASGI app with uvicorn on 127.0.0.1 (a free port) in a thread: call with the app,
     get its base URL; every server started is stopped at the end of the session."""
-    import uvicorn
+    uvicorn = pytest.importorskip("uvicorn", reason="the service needs the 'serve' extra")
 
     servers = []
 

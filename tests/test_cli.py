@@ -81,6 +81,13 @@ def test_lr_decay_sets_the_exponential_schedules_factor(capsys, tmp_path):
     assert second["lr"] == first["lr"] * 0.5
 
 
+def test_the_layout_and_graph_switches_reach_the_run(capsys, tmp_path):
+    code, _, _ = run_cli(capsys, "train", "--epochs", "1", "--limit-train", "64", "--limit-test", "64",
+                         "--no-channels-last", "--no-cuda-graph", "--out", str(tmp_path / "r"))
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert code == 0 and config["channels_last"] is False and config["cuda_graph"] is False
+
+
 def test_piping_train_into_head_neither_prints_a_traceback_nor_loses_the_run(tmp_path):
     # `mnist-cnn train | head -1`: the reader goes away after one line; training must go on, silently
     train = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "train", "--epochs", "2", "--limit-train", "500",

@@ -17,12 +17,14 @@ import pytest
 import test_resume
 import torch
 
+from mnist_cnn import MnistCnnError
 from mnist_cnn.runs import checkpoint_paths, load_tensors
+from mnist_cnn.train import _device
 
 # 643 images: the 11th batch holds 3, split 2 + 1 between the processes, whose gradients must still average to
 # the mean over the whole batch (each process's mean weighed by its share, not the plain mean of the two)
 ARGS = ["--epochs", "1", "--batch-size", "64", "--limit-train", "643", "--limit-test", "100", "--seed", "5",
-        "--threads", "1", "--precision", "fp32"]
+        "--threads", "1", "--precision", "fp32", "--device", "cpu"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mnist_cnn"]
 
 
@@ -39,6 +41,17 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     b, _ = load_tensors(tmp_path / "one" / "model.safetensors")
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff < 1e-4, f"DDP and single-process weights differ by {diff}"
+
+
+def test_processes_take_a_gpu_each_or_share_the_cpu(monkeypatch):
+    # NCCL refuses two processes on one GPU: `auto` falls back to gloo on the CPU, an explicit cuda says why
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _device("auto", local_world=1).type == "cuda"
+    assert _device("auto", local_world=2).type == "cpu"
+    with pytest.raises(MnistCnnError, match=r"^--device cuda: 2 processes on this machine but 1 CUDA device\(s\); "
+                       "NCCL needs one per process"):
+        _device("cuda", local_world=2)
 
 
 def test_a_last_batch_smaller_than_the_processes_is_left_out(tmp_path):

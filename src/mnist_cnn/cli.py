@@ -92,7 +92,7 @@ _TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "filters", "no_dropout", "d
                    "seed", "validation_split", "val_size", "limit_train", "limit_test", "out", "rotation", "shift",
                    "shear", "zoom", "schedule", "lr_decay", *_PLATEAU, "label_smoothing", "weight_decay", "ema",
                    "early_stopping", "min_delta", "monitor", "restore_best", "precision", "threads", "device",
-                   "no_channels_last", "checkpoint_every")
+                   "no_channels_last", "no_cuda_graph", "checkpoint_every")
 
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
@@ -163,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             monitor=args.monitor, restore_best=args.restore_best or None, precision=args.precision,
             threads=args.threads, device=args.device, checkpoint_every=args.checkpoint_every,
             model_options=_model_options(args) or None,
-            channels_last=False if args.no_channels_last else None)
+            channels_last=False if args.no_channels_last else None, cuda_graph=False if args.no_cuda_graph else None)
         _refuse_unused(args, config)
         run = train(config, log=log)
     if args.json:
@@ -391,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore-best", action="store_true", help="end with the best weights on --monitor")
     _add_compute_options(p)
     p.add_argument("--no-channels-last", action="store_true", help="keep PyTorch's default NCHW layout")
+    p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, launch each step's kernels one by one "
+                   "instead of replaying them as one CUDA graph")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last good checkpoint")
     p.add_argument("--json", action="store_true", help=_JSON_LAST)

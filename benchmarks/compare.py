@@ -3,6 +3,7 @@
     bash benchmarks/peers/setup.sh                         # once: the peers' virtual environments
     python benchmarks/compare.py                           # keras-basic, 5 epochs, every peer
     python benchmarks/compare.py --model keras-bn --epochs 3 --peers keras-tf torch
+    python benchmarks/compare.py --device cuda --peers torch keras-jax   # on a GPU (Keras/JAX takes its own)
 
 Seconds per epoch are the median of the steady epochs (the first is left out: compilation, warm-up).
 Peers run only here, never in CI.
@@ -39,7 +40,9 @@ def run_ours(model: str, epochs: int, precision: str, extra: list[str]) -> dict:
     seconds = [row["seconds"] for row in result["history"]]
     import torch
 
-    return {"tool": f"mnist-cnn ({precision})", "versions": f"torch {torch.__version__}", "seconds": seconds,
+    gpu = torch.cuda.is_available() and "cpu" not in extra  # where `--device auto` trains
+    versions = f"torch {torch.__version__}, {torch.cuda.get_device_name(0) if gpu else 'cpu'}"
+    return {"tool": f"mnist-cnn ({precision})", "versions": versions, "seconds": seconds,
             "test_acc": result["test_accuracy"] * 100}
 
 
@@ -65,14 +68,17 @@ def main() -> None:
     parser.add_argument("--peers", nargs="*", default=list(PEER_COMMANDS), choices=list(PEER_COMMANDS))
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["auto", "fp32", "bf16"])
     parser.add_argument("--threads", type=int, help="threads for every tool (default: each tool's own, all cores)")
+    parser.add_argument("--device", help="cpu or cuda for ours and the torch peer (default: each one's own choice, "
+                        "cuda where there is one); the Keras peers use their backend's device")
     args = parser.parse_args()
     extra = ["--threads", str(args.threads)] if args.threads else []
+    device = ["--device", args.device] if args.device else []
     rows = []
     for precision in args.precision:
-        rows.append(run_ours(args.model, args.epochs, precision, extra))
+        rows.append(run_ours(args.model, args.epochs, precision, extra + device))
         print(f"ours {precision}: {rows[-1]['seconds']}", flush=True)
     for name in args.peers:
-        rows.append(run_peer(name, args.model, args.epochs, extra))
+        rows.append(run_peer(name, args.model, args.epochs, extra + (device if name == "torch" else [])))
         print(f"{name}: {rows[-1]['seconds']}", flush=True)
     reference = min(steady_median(r["seconds"]) for r in rows if r["tool"].startswith("mnist-cnn"))
     for r in rows:
@@ -82,7 +88,7 @@ def main() -> None:
     cores = f"{args.threads} thread(s) each" if args.threads else f"all {os.cpu_count()} cores"
     print(f"\n{args.model}, {args.epochs} epochs, 60,000 training images, batch 64, {cores}")
     print(table(rows, ["tool", "versions", "s/epoch", "images/s", "test_acc", "x ours"]))
-    name = f"compare-{args.model}" + (f"-{args.threads}t" if args.threads else "")
+    name = f"compare-{args.model}" + (f"-{args.threads}t" if args.threads else "") + (f"-{args.device}" * bool(device))
     print("wrote", write_results(name, {"argv": sys.argv[1:], "rows": rows}))
 
 

@@ -155,6 +155,7 @@ def main(argv=None) -> int:
         import jax
         import jaxlib
         versions["jaxlib"] = jaxlib.__version__
+        versions["device"] = str(jax.devices()[0].device_kind)
 
     keras.utils.set_random_seed(args.seed)
 

@@ -12,7 +12,9 @@ What makes it "the usual recipe" (and what our package is compared against):
   * DataLoader(dataset, batch_size=64, shuffle=True) with the default collate and, as in
     pytorch/examples on CPU, no worker processes (--num-workers to change);
   * a plain nn.Module, loss.backward(), optimizer.step() loop; evaluation under torch.no_grad() with
-    test batch size 1000.
+    test batch size 1000;
+  * on CUDA (--device, default cuda where there is one, as pytorch/examples picks it), its DataLoader
+    settings there: one worker process and pinned memory, each batch moved with .to(device).
 
 Models (same layer stacks as the Keras peers, NCHW):
   keras-basic  Conv(32,3)-ReLU-MaxPool-Conv(64,3)-ReLU-MaxPool-Conv(64,3)-ReLU-Flatten-Linear(64)-ReLU-
@@ -140,6 +142,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (pytorch/examples on CPU: 0)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
 
 
@@ -158,16 +161,17 @@ def main(argv=None) -> int:
     load_s = time.perf_counter() - t0
 
     augment = args.model == "keras-bn"
+    device = torch.device(args.device)
+    loader = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {"num_workers": args.num_workers}
     train_loader = DataLoader(MnistDataset(x_train, y_train, augment=augment), batch_size=args.batch_size,
-                              shuffle=True, num_workers=args.num_workers)
-    test_loader = DataLoader(MnistDataset(x_test, y_test), batch_size=args.test_batch_size, shuffle=False,
-                             num_workers=args.num_workers)
+                              shuffle=True, **loader)
+    test_loader = DataLoader(MnistDataset(x_test, y_test), batch_size=args.test_batch_size, shuffle=False, **loader)
 
     if args.model == "keras-basic":
-        model = KerasBasic()
+        model = KerasBasic().to(device)
         optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7, momentum=0.0)
     else:
-        model = KerasBN()
+        model = KerasBN().to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
     trainable = sum(p.numel() for p in model.parameters())
     # Keras's count_params() also counts BatchNormalization's moving mean/variance (non-trainable).
@@ -181,6 +185,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
         for data, target in train_loader:
+            data, target = data.to(device), target.to(device)
             optimizer.zero_grad()
             output = model(data)
             loss = loss_fn(output, target)
@@ -200,6 +205,7 @@ def main(argv=None) -> int:
     test_loss, correct = 0.0, 0
     with torch.no_grad():
         for data, target in test_loader:
+            data, target = data.to(device), target.to(device)
             output = model(data)
             test_loss += F.cross_entropy(output, target, reduction="sum").item()
             correct += (output.argmax(1) == target).sum().item()
@@ -208,7 +214,8 @@ def main(argv=None) -> int:
 
     result = {
         "tool": "torch-recipe",
-        "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
         "model": args.model,
         "params": int(params),
         "trainable_params": int(trainable),
@@ -226,7 +233,7 @@ def main(argv=None) -> int:
         "load_seconds": round(load_s, 3),
         "seed": args.seed,
         "threads": torch.get_num_threads(),
-        "num_workers": args.num_workers,
+        "num_workers": loader["num_workers"],
         "cpu_count": os.cpu_count(),
         "data": str(data_dir),
     }

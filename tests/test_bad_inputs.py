@@ -337,8 +337,8 @@ CLI_CASES = [
         "config.json", lambda d: {}))], "config.json names no model (is it a run's?)"),
     ("`--resume`", "unknown option in config.json", lambda c: ["train", "--resume", c.run_copy(json_edit(
         "config.json", lambda d: {**d, "colour": 1}))], "config.json has unknown option 'colour'"),
-    ("`--resume`", "with a setting other than --epochs", lambda c: ["train", "--resume", str(c.run), "--lr", "0.5"],
-     "only --epochs may be given with it, got --lr"),
+    ("`--resume`", "with a setting of what it trains", lambda c: ["train", "--resume", str(c.run), "--lr", "0.5"],
+     "only --epochs, --device, --threads and --no-cuda-graph may be given with it, got --lr"),
     ("`--resume`", "wrong type in config.json", lambda c: ["train", "--resume", c.run_copy(json_edit(
         "config.json", lambda d: {**d, "lr_decay": "fast"}))], "--lr-decay must be in (0, 1], got 'fast'"),
 ]

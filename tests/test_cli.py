@@ -115,7 +115,18 @@ def test_resume_refuses_a_setting_given_as_zero(capsys, tmp_path):
     assert run_cli(capsys, "train", "--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--seed", "7",
                    "--out", run)[0] == 0
     code, _, err = run_cli(capsys, "train", "--resume", run, "--seed", "0", "--epochs", "2")
-    assert code == 2 and "only --epochs may be given with it, got --seed" in err  # 0 == False must not hide it
+    assert code == 2 and "may be given with it, got --seed" in err  # 0 == False must not hide it
+
+
+def test_a_resume_may_move_the_run_and_keeps_its_length_unless_told(capsys, tmp_path):
+    run = str(tmp_path / "r")
+    assert run_cli(capsys, "train", "--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--out", run)[0] == 0
+    code, out, _ = run_cli(capsys, "train", "--resume", run, "--device", "cpu", "--threads", "1")
+    assert code == 0 and "had finished training (1 epoch)" in out  # not the default 5 epochs
+    code, out, _ = run_cli(capsys, "train", "--resume", run, "--epochs", "2", "--no-cuda-graph")
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert code == 0 and "Resuming" in out and "Epoch 2/2" in out
+    assert (config["device"], config["threads"], config["cuda_graph"], config["epochs"]) == ("cpu", 1, False, 2)
 
 
 def test_json_output_is_strict_json_even_for_nan(capsys):

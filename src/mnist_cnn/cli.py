@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .errors import MnistCnnError, TrainingInterrupted
@@ -87,6 +88,7 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+_PLACEMENT = ("device", "threads", "no_cuda_graph")  # train.PLACEMENT as flags
 _PLATEAU = ("lr_factor", "lr_patience", "lr_min_delta", "lr_cooldown", "min_lr")
 _TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "filters", "no_dropout", "data", "batch_size", "optimizer", "lr",
                    "seed", "validation_split", "val_size", "limit_train", "limit_test", "out", "rotation", "shift",
@@ -138,6 +140,7 @@ def _silence(stream: TextIO) -> None:
 
 @command
 def cmd_train(args: argparse.Namespace) -> None:
+    from .runs import read_json
     from .train import make_config, train
 
     augment = None
@@ -146,11 +149,16 @@ def cmd_train(args: argparse.Namespace) -> None:
                    "shear": args.shear or 0, "zoom": args.zoom or 0}
     log = _log_to(sys.stderr if args.json else sys.stdout)
     if args.resume:
-        given = _given(args, _TRAIN_SETTINGS)  # the run's saved settings define it; only its length may change
+        # the run's saved settings define it; only its length, and where it runs, may change
+        given = _given(args, tuple(s for s in _TRAIN_SETTINGS if s not in _PLACEMENT))
         if given:
-            raise MnistCnnError(f"--resume continues {args.resume} with its saved settings; only --epochs may be "
-                                f"given with it, got {given[0]}")
-        overrides = make_config(epochs=args.epochs) if args.epochs is not None else None
+            raise MnistCnnError(f"--resume continues {args.resume} with its saved settings; only --epochs, --device, "
+                                f"--threads and --no-cuda-graph may be given with it, got {given[0]}")
+        moved = {"device": args.device, "threads": args.threads, "cuda_graph": False if args.no_cuda_graph else None}
+        overrides = None
+        if args.epochs is not None or any(v is not None for v in moved.values()):
+            saved = read_json(Path(args.resume) / "config.json", {})  # train says so if it is not a run's
+            overrides = make_config(epochs=saved.get("epochs") if args.epochs is None else args.epochs, **moved)
         run = train(overrides, resume=args.resume, log=log)
     else:
         config = make_config(

@@ -88,6 +88,8 @@ class TrainConfig:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+# where a run trains, not what it trains: a resume may move it (a GPU run finished on a laptop, say)
+_PLACEMENT = ("device", "threads", "cuda_graph")
 
 
 def make_config(model: str | None = None, recipe: str | None = None, **overrides: Any) -> TrainConfig:
@@ -313,6 +315,8 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     """Train a model (like Keras's fit), write its run directory, evaluate once on the test set.
 
     A run directory that already holds a run is refused unless `overwrite`, which first removes that run's files.
+    `resume` continues the run saved there with its own settings; from `config` it takes only the number of
+    epochs, and the device, threads and cuda_graph where they are not the defaults.
     Ctrl-C or a scheduler's SIGTERM ends the step first, so the checkpoint it leaves is consistent; one that comes
     during the final evaluation lets it finish.
     """
@@ -339,7 +343,8 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             raise MnistCnnError(f"cannot resume {out}: {out / 'config.json'} has unknown option {unknown[0]!r}")
         if not isinstance(saved.get("model"), str):  # train writes every field; {} would train all the defaults
             raise MnistCnnError(f"cannot resume {out}: {out / 'config.json'} names no model (is it a run's?)")
-        saved = TrainConfig(**{**saved, "out": str(out), **({"epochs": config.epochs} if config else {})})
+        moved = {k: getattr(config, k) for k in _PLACEMENT if config and getattr(config, k) != getattr(TrainConfig, k)}
+        saved = TrainConfig(**{**saved, "out": str(out), **({"epochs": config.epochs} if config else {}), **moved})
         # stopped before its first checkpoint (killed while loading, say): nothing was trained, it starts at step 0
         config, checkpoint = saved, latest_checkpoint(out, warn=log) if has_trained(out) else None
     config = config or make_config()

@@ -402,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, launch each step's kernels one by one "
                    "instead of replaying them as one CUDA graph")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last good checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last good checkpoint, "
+                   "with its saved settings (--epochs, --device, --threads and --no-cuda-graph may change)")
     p.add_argument("--json", action="store_true", help=_JSON_LAST)
 
     p = sub.add_parser("evaluate", help="evaluate a run or ensemble on the test set: accuracy, per-class metrics, "

@@ -43,3 +43,12 @@ def test_a_resumed_cuda_run_ends_where_an_uninterrupted_one_does(mnist, tmp_path
     train(make_config(epochs=1, out=str(tmp_path / "halves"), **config), mnist, log=lambda _: None)
     resumed = train(make_config(epochs=2), mnist, resume=tmp_path / "halves", log=lambda _: None)
     assert max_difference(whole.model, resumed.model) < 1e-5
+
+
+def test_a_run_started_on_the_gpu_finishes_on_the_cpu_and_comes_back(mnist, tmp_path):
+    config = dict(model="keras-bn", limit_train=1000, limit_test=500, verbose=0)  # adam's state moves too
+    train(make_config(epochs=1, device="cuda", out=str(tmp_path / "r"), **config), mnist, log=lambda _: None)
+    on_cpu = train(make_config(epochs=2, device="cpu"), mnist, resume=tmp_path / "r", log=lambda _: None)
+    assert on_cpu.config["device"] == "cpu" and on_cpu.history[1]["loss"] < on_cpu.history[0]["loss"]
+    back = train(make_config(epochs=3, device="cuda"), mnist, resume=tmp_path / "r", log=lambda _: None)
+    assert back.config["device"] == "cuda" and back.history[2]["loss"] < back.history[1]["loss"]

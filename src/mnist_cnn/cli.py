@@ -88,7 +88,7 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-_PLACEMENT = ("device", "threads", "no_cuda_graph")  # train.PLACEMENT as flags
+_PLACEMENT = ("device", "threads", "no_cuda_graph")  # train._PLACEMENT as flags
 _PLATEAU = ("lr_factor", "lr_patience", "lr_min_delta", "lr_cooldown", "min_lr")
 _TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "filters", "no_dropout", "data", "batch_size", "optimizer", "lr",
                    "seed", "validation_split", "val_size", "limit_train", "limit_test", "out", "rotation", "shift",
@@ -148,13 +148,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         augment = {"rotation": args.rotation or 0, "width_shift": args.shift or 0, "height_shift": args.shift or 0,
                    "shear": args.shear or 0, "zoom": args.zoom or 0}
     log = _log_to(sys.stderr if args.json else sys.stdout)
+    cuda_graph = False if args.no_cuda_graph else None
     if args.resume:
         # the run's saved settings define it; only its length, and where it runs, may change
         given = _given(args, tuple(s for s in _TRAIN_SETTINGS if s not in _PLACEMENT))
         if given:
             raise MnistCnnError(f"--resume continues {args.resume} with its saved settings; only --epochs, --device, "
                                 f"--threads and --no-cuda-graph may be given with it, got {given[0]}")
-        moved = {"device": args.device, "threads": args.threads, "cuda_graph": False if args.no_cuda_graph else None}
+        moved = {"device": args.device, "threads": args.threads, "cuda_graph": cuda_graph}
         overrides = None
         if args.epochs is not None or any(v is not None for v in moved.values()):
             saved = read_json(Path(args.resume) / "config.json", {})  # train says so if it is not a run's
@@ -171,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             monitor=args.monitor, restore_best=args.restore_best or None, precision=args.precision,
             threads=args.threads, device=args.device, checkpoint_every=args.checkpoint_every,
             model_options=_model_options(args) or None,
-            channels_last=False if args.no_channels_last else None, cuda_graph=False if args.no_cuda_graph else None)
+            channels_last=False if args.no_channels_last else None, cuda_graph=cuda_graph)
         _refuse_unused(args, config)
         run = train(config, log=log)
     if args.json:

@@ -41,6 +41,7 @@ def test_two_copies_predict_exactly_as_the_model(mnist, x):
     model = _model()
     for ens in (ensemble_of([model, model]), ensemble_of([model, copy.deepcopy(model)])):
         assert torch.equal(ens.predict_proba(x), model.predict_proba(x))
+        assert torch.equal(ens.predict_proba(mnist.x_test[:100]), model.predict_proba(x))  # uint8, as MnistData
         assert torch.equal(ens(x).argmax(1), model(x).argmax(1))
         got, want = evaluate(ens, mnist.x_test[:200], mnist.y_test[:200]), evaluate(model, mnist.x_test[:200],
                                                                                     mnist.y_test[:200])

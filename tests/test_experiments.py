@@ -141,6 +141,8 @@ def test_the_validation_column_describes_the_weights_that_were_tested():
     assert tested_row(history, {"restore_best": True})["epoch"] == 2  # val_loss is watched by default
     assert tested_row(history, {"restore_best": True, "monitor": "val_accuracy"})["epoch"] == 2  # the first best
     assert tested_row([], {"restore_best": True}) == {}
+    # as training keeps best.safetensors: a gain of min_delta or less is no improvement
+    assert tested_row(history, {"restore_best": True, "min_delta": 0.25})["epoch"] == 1
 
 
 def test_an_interrupted_member_says_to_run_the_same_command_again(tmp_path, monkeypatch):

@@ -362,7 +362,10 @@ def bundled_mnist_dir() -> Path:
 
 def verify_bundled() -> None:
     """Check the bundled files against the canonical SHA-256 (once per process); raise if they differ."""
-    _check_canonical(*_read_idx_dir(bundled_mnist_dir(), tuple(IDX_NAMES)))
+    directory = bundled_mnist_dir()
+    if all(_find_idx(directory, name) in _verified for name in IDX_NAMES.values()):
+        return  # nothing to decompress again
+    _check_canonical(*_read_idx_dir(directory, tuple(IDX_NAMES)))
 
 
 def _check_canonical(files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
@@ -447,3 +450,9 @@ def to_float(x: torch.Tensor | np.ndarray) -> torch.Tensor:
         raise MnistCnnError(f"to_float expects uint8 images [N, H, W], "
                             f"got {x.dtype} of shape {tuple(x.shape)}")
     return x.unsqueeze(1).to(torch.float32).div_(255.0)
+
+
+def model_input(x: torch.Tensor) -> torch.Tensor:
+    """Images as a model takes them: uint8 [N, H, W] (as MnistData holds them) made float [N, 1, H, W] in [0, 1];
+    anything else is passed on as it is."""
+    return to_float(x) if x.dtype == torch.uint8 and x.ndim == 3 else x

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_write_json, make_dir
-from .data import MnistData, load_mnist, split_validation
+from .data import MnistData, load_mnist, model_input, split_validation
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
@@ -121,7 +121,8 @@ class EnsembleModel(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return self.probabilities(x)
+        """Like SpecModel.predict_proba: float [N, 1, 28, 28] in [0, 1], or uint8 [N, 28, 28]."""
+        return self.probabilities(model_input(x))
 
     def describe(self) -> dict[str, Any]:
         return {"members": [{"spec": m.spec.to_dict(), "source": s} for m, s in zip(self.members, self.sources)],

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import to_float
+from .data import model_input
 from .errors import MnistCnnError
 from .models import device_of, evaluating
 
@@ -49,7 +49,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = N
     with evaluating(model):
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(device)
-            xb = to_float(xb) if xb.dtype == torch.uint8 else xb
+            xb = model_input(xb)
             chunks.append(model(xb.contiguous(memory_format=memory_format)).float())
     return torch.cat(chunks) if chunks else torch.empty(0, 10)
 

@@ -33,6 +33,7 @@ from .atomic import atomic_write_bytes, atomic_write_json, make_dir
 from .data import MnistData, load_mnist
 from .documents import read_document
 from .errors import MnistCnnError, TrainingInterrupted
+from .optim import improved
 
 
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
@@ -171,7 +172,11 @@ def tested_row(history: list[dict[str, Any]], config: dict[str, Any]) -> dict[st
     rows = [row for row in history if row.get(monitor) is not None]
     if not (config.get("restore_best") and rows):
         return history[-1] if history else {}
-    return (min if monitor == "val_loss" else max)(rows, key=lambda row: row[monitor])
+    best = kept = None
+    for row in rows:  # training's own rule, min_delta and float32 comparison included
+        if improved(row[monitor], best, monitor, config.get("min_delta", 0.0)):
+            best, kept = row[monitor], row
+    return kept
 
 
 def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.PathLike | None = None,

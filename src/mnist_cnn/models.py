@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import to_float
+from .data import model_input
 from .errors import MnistCnnError
 from .spec import Layer, ModelSpec, infer_shapes
 from .zoo import get_spec
@@ -214,9 +214,8 @@ class SpecModel(nn.Module):
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities in eval mode whatever mode the model is in, like Keras's predict; on x's device.
         `x`: float [N, 1, 28, 28] in [0, 1], or uint8 [N, 28, 28] as MnistData holds images."""
-        xf = to_float(x) if x.dtype == torch.uint8 and x.ndim == 3 else x
         with evaluating(self):
-            return torch.softmax(self(xf.to(device_of(self))).float(), dim=1).to(x.device)
+            return torch.softmax(self(model_input(x).to(device_of(self))).float(), dim=1).to(x.device)
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -187,11 +187,13 @@ def _device(name: str, local_world: int = 1) -> torch.device:
     if name == "auto":  # too few GPUs for one each (NCCL refuses to share one): the processes share the CPU
         return torch.device("cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world
                             else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MnistCnnError(f"--device {name}: no CUDA device is available here")
-    if name.startswith("cuda") and local_world > torch.cuda.device_count():
-        raise MnistCnnError(f"--device {name}: {local_world} processes on this machine but {torch.cuda.device_count()}"
-                            " CUDA device(s); NCCL needs one per process (start fewer, or use --device cpu)")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MnistCnnError(f"--device {name}: no CUDA device is available here")
+        if local_world > torch.cuda.device_count():
+            raise MnistCnnError(f"--device {name}: {local_world} processes on this machine but "
+                                f"{torch.cuda.device_count()} CUDA device(s); NCCL needs one per process (start fewer, "
+                                "or use --device cpu)")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -543,7 +545,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
                     step_graph = _StepGraph(forward_backward, optimizer, idx, theta)
                 if step_graph is not None and step_graph.fits(idx):
                     step_graph.run(idx, theta)
-                else:  # (the last, smaller batch of an epoch when graphed)
+                else:  # every step when not graphed; when graphed, the last, smaller batch of an epoch
                     optimizer.zero_grad(set_to_none=step_graph is None)
                     forward_backward(idx, theta, len(idx) * world / len(rows))
                 if config.weight_decay:

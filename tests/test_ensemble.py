@@ -15,10 +15,12 @@ from mnist_cnn.ensemble import (
     ENSEMBLE_FILE,
     EnsembleModel,
     ensemble_of,
+    ensemble_runs,
     evaluate_ensemble,
     load_ensemble,
     load_ensemble_model,
     load_model,
+    model_of,
     reuse_or_train,
     save_ensemble,
     shift_images,
@@ -122,6 +124,18 @@ def test_evaluate_ensemble_reports_members_test_and_validation(members, mnist):
     assert metrics["validation"]["count"] == 200
     with pytest.raises(MnistCnnError, match=r"seed-0 is given twice: an ensemble's members are different runs"):
         evaluate_ensemble([runs[0], runs[1], runs[0]], data=mnist, limit_test=300, log=lambda *_: None)
+    with pytest.raises(MnistCnnError, match=r"seed-1 is given twice"):  # the Python API's way in, too
+        ensemble_runs([runs[1].path, runs[0].path, runs[1].path / "model.safetensors"])
+
+
+def test_a_run_loaded_once_serves_every_api_as_its_directory_does(members):
+    _, _, runs = members
+    assert load_model(runs[0]) is runs[0] and model_of(runs[0]) is runs[0].model
+    assert model_of(runs[0].model) is runs[0].model and model_of(runs[0].path).name == "keras-basic"
+    for api in (load_model, model_of):
+        with pytest.raises(MnistCnnError, match=r"expected a run or ensemble directory, a Run or an EnsembleRun, "
+                                                r"got dict"):
+            api({"model": "keras-basic"})
 
 
 def test_cli_ensemble_writes_a_loadable_dir(members, mnist, tmp_path, capsys):

@@ -46,6 +46,8 @@ def test_evaluate_takes_a_run_or_model_and_images_as_mnist_holds_them_and_refuse
     assert torch.allclose(probs, trained_run.predict_proba(x[:, None].float() / 255))
     for args, message in [((trained_run.model, x[:, None].float(), y), r"float images must be in \[0, 1\], got "
                                                                        r"values in \[0, 255\]: divide 0\.\.255"),
+                          ((trained_run.model, torch.full((200, 1, 28, 28), float("nan")), y),
+                           r"float images must be in \[0, 1\], got values in \[nan, nan\]$"),
                           ((trained_run.model, x.float() / 255, y), r"images must be uint8 \[N, 28, 28\] .*got "
                                                                     r"torch\.float32 of shape \(200, 28, 28\)"),
                           ((trained_run.model, x, y.float()), r"labels must be one integer per image \[N\], got "

@@ -452,6 +452,14 @@ def to_float(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x.unsqueeze(1).to(torch.float32).div_(255.0)
 
 
+def check_unit_range(x: torch.Tensor, what: str = "float images") -> None:
+    """Refuse float pixels outside [0, 1], NaN included: 0..255 floats would be scored as nonsense, not refused."""
+    low, high = (x.min().item(), x.max().item()) if x.numel() else (0.0, 0.0)  # NaN comes out as min and max
+    if not (0 <= low and high <= 1):
+        raise MnistCnnError(f"{what} must be in [0, 1], got values in [{low:g}, {high:g}]"
+                            f"{': divide 0..255 pixels by 255' if high > 1 else ''}")
+
+
 def model_input(x: torch.Tensor) -> torch.Tensor:
     """Images as a model takes them: uint8 [N, H, W] (as MnistData holds them) made float [N, 1, H, W] in [0, 1];
     anything else is passed on as it is."""

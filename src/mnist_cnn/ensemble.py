@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -138,10 +138,18 @@ def ensemble_of(models: Sequence[SpecModel], tta: bool | Sequence[Sequence[int]]
 
 def ensemble_runs(run_dirs: Sequence[str | os.PathLike], tta: bool | Sequence[Sequence[int]] = False) -> EnsembleModel:
     """An ensemble of run directories (or model.safetensors files)."""
-    if not run_dirs:
-        raise MnistCnnError("an ensemble needs at least one run directory")
     runs = [load_run(d) for d in run_dirs]
+    _check_members(runs)
     return ensemble_of([r.model for r in runs], tta, _sources(runs))
+
+
+def _check_members(runs: Sequence[Run]) -> None:
+    if not runs:
+        raise MnistCnnError("an ensemble needs at least one run")
+    paths = [r.path.resolve() for r in runs]
+    twice = next((r.path for r, p in zip(runs, paths) if paths.count(p) > 1), None)
+    if twice is not None:  # it would count double in the average
+        raise MnistCnnError(f"{twice} is given twice: an ensemble's members are different runs")
 
 
 def _sources(runs: Sequence[Run]) -> list[str]:
@@ -206,12 +214,25 @@ def load_ensemble(path: str | os.PathLike) -> EnsembleRun:
     return EnsembleRun(base, model, read_json(base / "config.json", {}), read_json(base / "metrics.json", {}))
 
 
-def load_model(path: str | os.PathLike) -> Run | EnsembleRun:
-    """A run or an ensemble, whichever `path` holds."""
-    p = Path(path)
+RunLike = Union[Run, "EnsembleRun", SpecModel, "EnsembleModel", str, "os.PathLike[str]"]
+
+
+def load_model(source: Run | EnsembleRun | str | os.PathLike) -> Run | EnsembleRun:
+    """The run or ensemble that a directory (or ensemble file) holds; one already loaded is returned as it is."""
+    if isinstance(source, (Run, EnsembleRun)):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise MnistCnnError(f"expected a run or ensemble directory, a Run or an EnsembleRun, got "
+                            f"{type(source).__name__}")
+    p = Path(source)
     if (p.is_dir() and (p / ENSEMBLE_FILE).exists()) or p.name == ENSEMBLE_FILE:
         return load_ensemble(p)
     return load_run(p)
+
+
+def model_of(source: RunLike) -> SpecModel | EnsembleModel:
+    """The model itself, or the model of a run or ensemble (or of its directory)."""
+    return source if isinstance(source, (SpecModel, EnsembleModel)) else load_model(source).model
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,12 +258,7 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
     metrics, and `validation` with the ensemble's accuracy with and without TTA when the members share a
     validation split: that, not the test set, is where to decide whether TTA is worth it.
     """
-    if not runs:
-        raise MnistCnnError("an ensemble needs at least one run")
-    paths = [r.path.resolve() for r in runs]
-    twice = next((r.path for r, p in zip(runs, paths) if paths.count(p) > 1), None)
-    if twice is not None:  # it would count double in the average
-        raise MnistCnnError(f"{twice} is given twice: an ensemble's members are different runs")
+    _check_members(runs)
     data = data if data is not None else load_mnist(runs[0].config.get("data"))
     x_test, y_test = data.x_test[:limit_test], data.y_test[:limit_test]
     plain = ensemble_of([r.model for r in runs], False, _sources(runs))

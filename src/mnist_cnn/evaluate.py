@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import model_input
+from .data import check_unit_range, model_input
 from .errors import MnistCnnError
 from .models import device_of, evaluating
 
@@ -109,9 +109,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         raise MnistCnnError(f"labels must be one integer per image [N], got {what}")
     if len(y) != len(x) or not len(x):
         raise MnistCnnError(f"{len(y)} labels for {len(x)} images: expected as many, and at least one")
-    if x.is_floating_point() and (x.min() < 0 or x.max() > 1):  # 0..255 floats would be scored, wrongly
-        raise MnistCnnError(f"float images must be in [0, 1], got values in [{x.min().item():g}, {x.max().item():g}]: "
-                            "divide 0..255 pixels by 255")
+    if x.is_floating_point():
+        check_unit_range(x)
     logits = predict_logits(model, x, batch_size)
     if y.min() < 0 or y.max() >= logits.shape[1]:
         raise MnistCnnError(f"labels must be 0..{logits.shape[1] - 1}, got values in [{y.min().item()}, "

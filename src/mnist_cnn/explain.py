@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_write_bytes
-from .data import MnistData, to_float
+from .data import MnistData, check_unit_range, to_float
 from .errors import MnistCnnError
 from .models import SpecModel, device_of, evaluating, layer_table
 from .runs import Run, load_run, run_data
@@ -68,8 +68,8 @@ def _as_input(image: Digit) -> torch.Tensor:
     if x.shape != (28, 28) or not (x.dtype == torch.uint8 or x.is_floating_point()):
         raise MnistCnnError(f"expected one digit: uint8 [28, 28] or floats in [0, 1], got {x.dtype} of shape "
                             f"{tuple(torch.as_tensor(image).shape)}")
-    if x.is_floating_point() and (x.min() < 0 or x.max() > 1):
-        raise MnistCnnError(f"a float digit must be in [0, 1], got values in [{x.min().item():g}, {x.max().item():g}]")
+    if x.is_floating_point():
+        check_unit_range(x, "a float digit")
     return to_float(x[None]) if x.dtype == torch.uint8 else x.reshape(1, 1, 28, 28).float()
 
 

@@ -46,14 +46,14 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
-from .ensemble import EnsembleModel, EnsembleRun, load_model
+from .ensemble import EnsembleModel, EnsembleRun, RunLike, load_model
 from .errors import MnistCnnError
 from .models import SpecModel
 from .runs import ENSEMBLE_FILE, Run, is_run_file, load_weights, save_weights
@@ -62,8 +62,6 @@ FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
             ".safetensors": "safetensors"}
 ONNX_OPSET = 18  # the torch.export-based exporter's native opset; onnxruntime >= 1.14 runs it
-
-RunLike = Union[Run, EnsembleRun, SpecModel, EnsembleModel, str, "os.PathLike[str]"]
 
 
 class _WithProbabilities(nn.Module):
@@ -78,22 +76,14 @@ class _WithProbabilities(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
-def _resolve(run_or_model: RunLike) -> tuple[SpecModel | EnsembleModel, dict[str, Any]]:
-    """The model (eval mode, CPU) and identity metadata from a run or ensemble, its directory, or a model."""
-    if isinstance(run_or_model, (str, os.PathLike)):
-        run_or_model = load_model(run_or_model)
-    if isinstance(run_or_model, (Run, EnsembleRun)):
-        meta = {"run": run_or_model.path.name, "test_accuracy": run_or_model.metrics.get("accuracy")}
-        model = run_or_model.model
-    elif isinstance(run_or_model, (SpecModel, EnsembleModel)):
-        model, meta = run_or_model, {}
-    else:
-        raise MnistCnnError(f"cannot export {type(run_or_model).__name__}: expected a run or ensemble directory, "
-                            "Run or SpecModel")
+def _resolve(run_or_model: RunLike) -> tuple[SpecModel | EnsembleModel, dict[str, Any], Run | EnsembleRun | None]:
+    """The model (a CPU, eval-mode copy), its identity metadata, and the run or ensemble it came from, if any."""
+    run = None if isinstance(run_or_model, (SpecModel, EnsembleModel)) else load_model(run_or_model)
+    model = run.model if run is not None else run_or_model
     # "spec" is the architecture; an ensemble's is its members' specs, TTA shifts and how they combine
-    architecture = model.describe() if isinstance(model, EnsembleModel) else model.spec.to_dict()
-    meta = {"name": model.name if isinstance(model, EnsembleModel) else model.spec.name, "spec": architecture, **meta}
-    return copy.deepcopy(model).cpu().eval(), meta  # a copy: the caller's model keeps its device and mode
+    meta = {"name": model.name, "spec": model.describe(),
+            **({"run": run.path.name, "test_accuracy": run.metrics.get("accuracy")} if run is not None else {})}
+    return copy.deepcopy(model).cpu().eval(), meta, run  # a copy: the caller's model keeps its device and mode
 
 
 def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
@@ -114,13 +104,11 @@ def export_model(run_or_model: RunLike, fmt: str | None, out_path: str | os.Path
     to `out_path` atomically, and return the path. See the module docstring for loading."""
     out = Path(out_path)
     fmt = format_for(out, fmt)
-    if isinstance(run_or_model, (str, os.PathLike)):
-        run_or_model = load_model(run_or_model)
-    if isinstance(run_or_model, (Run, EnsembleRun)) and is_run_file(run_or_model.path, out):
+    model, meta, run = _resolve(run_or_model)
+    if run is not None and is_run_file(run.path, out):
         raise MnistCnnError(f"{out} is one of the exported run's own files; export to another path")
-    model, meta = _resolve(run_or_model)
     if fmt == "safetensors" and isinstance(model, EnsembleModel):  # save_weights holds one model
-        where = (f"{run_or_model.path / ENSEMBLE_FILE} already holds it" if isinstance(run_or_model, EnsembleRun)
+        where = (f"{run.path / ENSEMBLE_FILE} already holds it" if run is not None
                  else "mnist_cnn.ensemble.save_ensemble writes it")
         raise MnistCnnError(f"an ensemble's safetensors file is its own: {where}; export it as .onnx or .pt")
     if fmt == "safetensors":
@@ -207,7 +195,7 @@ def run_exported(path: str | os.PathLike, x: torch.Tensor | np.ndarray, fmt: str
 
 def check_parity(run: RunLike, path: str | os.PathLike, x: torch.Tensor | np.ndarray, fmt: str | None = None) -> float:
     """Max absolute difference between the exported file's logits and PyTorch's on images x."""
-    model, _ = _resolve(run)
+    model, _, _ = _resolve(run)
     with torch.inference_mode():
         expected = model(_as_float(x)).float().numpy()
     got = run_exported(path, x, fmt)

@@ -192,6 +192,14 @@ class SpecModel(nn.Module):
         self.memory_format = default_memory_format(spec)
         self.to(memory_format=self.memory_format)  # converts only the 4-D conv kernels
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def describe(self) -> dict:
+        """The architecture, as EnsembleModel.describe gives an ensemble's (what export writes as "spec")."""
+        return self.spec.to_dict()
+
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], -1) if len(self.spec.input_shape) == 1 else x
 

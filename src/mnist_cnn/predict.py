@@ -10,28 +10,18 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .atomic import atomic_write_bytes
-from .data import to_float
+from .data import check_unit_range, to_float
 from .errors import MnistCnnError
-from .ensemble import EnsembleModel, EnsembleRun, load_model
+from .ensemble import EnsembleModel, RunLike, model_of
 from .evaluate import predict_logits
 from .models import SpecModel
 from .preprocess import ImageError, ImageSource, image_name, is_pil_image, load_image
-from .runs import Run
-
-RunLike = Union[Run, EnsembleRun, SpecModel, EnsembleModel, str, "os.PathLike[str]"]
-
-
-def _model(run: RunLike) -> SpecModel | EnsembleModel:
-    """The model of a run or ensemble, or of its directory."""
-    if isinstance(run, (str, os.PathLike)):
-        run = load_model(run)
-    return run.model if isinstance(run, (Run, EnsembleRun)) else run
 
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
@@ -40,12 +30,11 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
     a = np.asarray(images)
     if a.dtype.kind not in "iuf":
         raise MnistCnnError(f"images have dtype {a.dtype}: expected integers 0..255 or floats in [0, 1]")
-    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if a.dtype.kind == "f":
-        if not (np.isfinite(a).all() and 0 <= low and high <= 1):
-            raise MnistCnnError(f"float images must be in [0, 1] (the model's input), got values in [{low:g}, "
-                                f"{high:g}]{': divide 0..255 pixels by 255' if high > 1 else ''}")
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(1)
+        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        check_unit_range(x)
+        return x.unsqueeze(1)
+    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if not (0 <= low and high <= 255):
         raise MnistCnnError(f"integer images must be 0..255, got values in [{low:g}, {high:g}]")
     return to_float(np.ascontiguousarray(a, dtype=np.uint8))
@@ -77,7 +66,7 @@ def predict_arrays(run: RunLike, images: np.ndarray) -> list[dict[str, Any]]:
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         hint = "; for a photo or drawing of any size, use predict_files" if given.ndim in (2, 3) else ""
         raise MnistCnnError(f"expected images of shape [N, 28, 28], got {list(given.shape)}{hint}")
-    return [describe(p) for p in predict_proba(_model(run), to_model_input(images))]
+    return [describe(p) for p in predict_proba(model_of(run), to_model_input(images))]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -129,7 +118,7 @@ def predict_files(run: RunLike, paths: ImageSource | Sequence[ImageSource],
     paths = image_files(paths)
     if not paths:
         raise MnistCnnError("no image files given")
-    model = _model(run)
+    model = model_of(run)
     results, images = [], []
     for path in paths:
         try:

@@ -172,8 +172,7 @@ def _parse_arrays(payload: Any) -> torch.Tensor:
 def create_app(run: Union[Run, EnsembleRun, str, os.PathLike[str]], *, max_body_bytes: int = MAX_BODY_BYTES,
                max_pixels: int = MAX_PIXELS, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """The service for one trained run or ensemble (a Run, an EnsembleRun, or its directory)."""
-    if not isinstance(run, (Run, EnsembleRun)):
-        run = load_model(run)
+    run = load_model(run)
     model = run.model.cpu().eval()
     info = ModelInfo(name=run.name, run=run.path.name, params=run.num_params,
                      test_accuracy=run.metrics.get("accuracy"))

@@ -251,6 +251,11 @@ def write_npz(path: str | os.PathLike, data: MnistData) -> Path:
 
 # ---------------------------------------------------------------- loading MNIST-style sets
 
+def recorded_path(path: str | os.PathLike) -> str:
+    """A data path as runs and ensembles record it: absolute, so that evaluate finds it from any folder."""
+    return str(Path(path).expanduser().absolute())
+
+
 def load_mnist(path: str | os.PathLike | None = None, *, verify: bool = True, test_only: bool = False) -> MnistData:
     """Load MNIST or any set in its format (Fashion-MNIST, KMNIST).
 

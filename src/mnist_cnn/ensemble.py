@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_write_json, make_dir
-from .data import MnistData, load_mnist, model_input, split_validation
+from .data import MnistData, load_mnist, model_input, recorded_path, split_validation
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
@@ -317,9 +317,9 @@ def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[s
     out = make_dir(check_ensemble_out(out))
     save_ensemble(out, model)
     atomic_write_json(out / "metrics.json", metrics)
-    where = None if data is None else str(Path(data).absolute() if Path(data).exists() else data)
     atomic_write_json(out / "config.json", {"kind": "ensemble", "members": model.sources,
-                                            "shifts": [list(s) for s in model.shifts], "data": where,
+                                            "shifts": [list(s) for s in model.shifts],
+                                            "data": None if data is None else recorded_path(data),
                                             "limit_test": limit_test})
     return out
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .atomic import atomic_write_json, make_dir
 from .augment import Augment, affine_matrices, apply_affine
-from .data import MnistData, load_mnist, split_validation, to_float
+from .data import MnistData, load_mnist, recorded_path, split_validation, to_float
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, loss_and_accuracy, predict_logits
 from .models import build_model, default_memory_format
@@ -106,7 +106,7 @@ def make_config(model: str | None = None, recipe: str | None = None, **overrides
                             "built in Python, write spec.to_dict() to a .json file and give its path)")
     given = {k: _plain(v) for k, v in overrides.items() if v is not None}
     if isinstance(given.get("data"), (str, os.PathLike)):  # the run records where its data is from anywhere
-        given["data"] = str(Path(given["data"]).expanduser().absolute())
+        given["data"] = recorded_path(given["data"])
     values = {**recipe_for(model), **named, **given}
     for one, other in (("validation_split", "val_size"), ("val_size", "validation_split")):
         if one in given and other not in given:  # the user's way of splitting replaces the recipe's
@@ -382,7 +382,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     # ---- data: the whole set as tensors on the device ----
     if data is not None and config.data is None and data.source != "bundled":  # evaluate/report find it again,
         known = data.source and Path(data.source).exists()  # or refuse instead of testing on the bundled MNIST
-        config = dataclasses.replace(config, data=str(Path(data.source).absolute()) if known else
+        config = dataclasses.replace(config, data=recorded_path(data.source) if known else
                                      f"(data given in memory, source {data.source!r})")
     data = data if data is not None else load_mnist(config.data)
     if len(data.x_train) == 0:

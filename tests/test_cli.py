@@ -101,6 +101,47 @@ def test_piping_train_into_head_neither_prints_a_traceback_nor_loses_the_run(tmp
     assert (tmp_path / "r" / "model.safetensors").exists()
 
 
+_CTRL_C_IN_TORCH = """
+import sys
+class CtrlC:  # a Ctrl-C that lands while torch is being imported, the slowest moment of a command's start
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, CtrlC())
+from mnist_cnn.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:  # argparse's --help and usage errors
+    code = e.code
+print("torch imported" if "torch" in sys.modules else "torch not imported")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("argv, code, out, err", [
+    (["--help"], 0, "torch not imported", ""),  # help and usage errors answer without importing torch
+    (["train", "--epochs", "x"], 2, "torch not imported", "--epochs: invalid int value: 'x'"),
+    (["train", "--epochs", "1"], 130, "torch not imported", "interrupted")])  # no traceback from inside the import
+def test_help_usage_errors_and_an_early_ctrl_c_are_answered_before_torch_is_imported(argv, code, out, err):
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_IN_TORCH, *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert (done.returncode, done.stdout.splitlines()[-1]) == (code, out)
+    assert err in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_public_name_is_there_on_first_use():
+    import mnist_cnn
+    import mnist_cnn.evaluate  # modules named like the functions they hold: the functions keep the names
+    import mnist_cnn.train
+
+    assert callable(mnist_cnn.train) and callable(mnist_cnn.evaluate)
+
+    assert all(getattr(mnist_cnn, name) is not None for name in mnist_cnn.__all__)
+    assert set(mnist_cnn.__all__) <= set(dir(mnist_cnn))
+    with pytest.raises(AttributeError, match="module 'mnist_cnn' has no attribute 'trian'"):
+        mnist_cnn.trian
+
+
 def test_resume_refuses_every_train_setting_but_epochs():
     # a new train flag must join _TRAIN_SETTINGS, or --resume would ignore it without a word
     from mnist_cnn.cli import _TRAIN_SETTINGS, build_parser

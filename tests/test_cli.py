@@ -64,7 +64,8 @@ def test_train_then_evaluate(capsys, tmp_path):
     (["train", "--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
     (["train", "--threads", "100000"], "error: --threads must be at most"),
     (["train", "--data", "/no/such/dir"], "/no/such/dir"),
-    (["evaluate", "/no/such/run"], "error: /no/such/run is not a run directory"),
+    (["evaluate", "/no/such/run"], "error: /no/such/run does not exist: expected a run directory or its "
+                                    "model.safetensors"),
 ])
 def test_user_mistakes_are_one_line(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)

@@ -80,7 +80,7 @@ def test_export_from_a_run_directory_and_bad_formats(trained_run, tmp_path):
         export_model(trained_run, "tflite", tmp_path / "m.tflite")
     with pytest.raises(MnistCnnError, match="cannot tell the format"):
         format_for(tmp_path / "model.bin")
-    with pytest.raises(MnistCnnError, match="not a run directory"):
+    with pytest.raises(MnistCnnError, match="no-such-run does not exist: expected a run directory"):
         export_model(tmp_path / "no-such-run", "onnx", tmp_path / "x.onnx")
     assert not (tmp_path / "m.tflite").exists()
 

@@ -166,6 +166,8 @@ def load_run(run_dir: str | os.PathLike | Run) -> Run:
     if isinstance(run_dir, Run):
         return run_dir
     path = Path(run_dir)
+    if not path.exists():
+        raise MnistCnnError(f"{path} does not exist: expected a run directory or its model.safetensors")
     weights = path if path.is_file() else path / "model.safetensors"
     if (path / ENSEMBLE_FILE).exists():
         raise MnistCnnError(f"{path} is an ensemble directory, not a run directory: evaluate, predict, export and "

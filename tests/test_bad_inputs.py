@@ -309,8 +309,8 @@ CLI_CASES = [
     # runs, weights and checkpoints: `evaluate/report/explain/predict/export/serve RUN`, `train --resume RUN`
     ("run directory", "missing", lambda c: ["evaluate", str(c.tmp / "no-run")], "no-run does not exist: expected a "
      "run directory or its model.safetensors"),
-    ("run directory", "a folder without a run", lambda c: ["evaluate", str(c.tmp)], "is not a run directory: model.safetensors "
-     "not found"),
+    ("run directory", "a folder without a run", lambda c: ["evaluate", str(c.tmp)],
+     "is not a run directory: model.safetensors not found"),
     ("run directory", "an exported ONNX file", lambda c: ["predict", c.file("model.onnx", b"\x08\x07"),
                                                          c.file("x.png", digit_png())],
      "model.onnx is an ONNX model, which onnxruntime runs; mnist-cnn reads a run directory or its .safetensors"),

@@ -308,7 +308,7 @@ CLI_CASES = [
     ("image file", "missing", lambda c: ["predict", str(c.run), str(c.tmp / "nope.png")], "cannot read file"),
     # runs, weights and checkpoints: `evaluate/report/explain/predict/export/serve RUN`, `train --resume RUN`
     ("run directory", "missing", lambda c: ["evaluate", str(c.tmp / "no-run")], "no-run does not exist: expected a "
-     "run directory or its model.safetensors"),
+     "run or ensemble directory (or its .safetensors file)"),
     ("run directory", "a folder without a run", lambda c: ["evaluate", str(c.tmp)],
      "is not a run directory: model.safetensors not found"),
     ("run directory", "an exported ONNX file", lambda c: ["predict", c.file("model.onnx", b"\x08\x07"),

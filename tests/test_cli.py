@@ -64,8 +64,9 @@ def test_train_then_evaluate(capsys, tmp_path):
     (["train", "--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
     (["train", "--threads", "100000"], "error: --threads must be at most"),
     (["train", "--data", "/no/such/dir"], "/no/such/dir"),
-    (["evaluate", "/no/such/run"], "error: /no/such/run does not exist: expected a run directory or its "
-                                    "model.safetensors"),
+    (["evaluate", "/no/such/run"], "error: /no/such/run does not exist: expected a run or ensemble directory"),
+    (["report", "/no/such/run"], "error: /no/such/run does not exist: expected a run directory or its "
+                                  "model.safetensors"),
 ])
 def test_user_mistakes_are_one_line(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)
@@ -141,6 +142,9 @@ def test_every_public_name_is_there_on_first_use():
     assert set(mnist_cnn.__all__) <= set(dir(mnist_cnn))
     with pytest.raises(AttributeError, match="module 'mnist_cnn' has no attribute 'trian'"):
         mnist_cnn.trian
+    done = subprocess.run([sys.executable, "-c", "import mnist_cnn; print(mnist_cnn.runs.load_weights.__name__)"],
+                          capture_output=True, text=True, timeout=120)  # submodules too, in a fresh process
+    assert done.stdout.split() == ["load_weights"], done.stderr
 
 
 def test_resume_refuses_every_train_setting_but_epochs():

@@ -125,17 +125,26 @@ def test_evaluate_ensemble_reports_members_test_and_validation(members, mnist):
     with pytest.raises(MnistCnnError, match=r"seed-0 is given twice: an ensemble's members are different runs"):
         evaluate_ensemble([runs[0], runs[1], runs[0]], data=mnist, limit_test=300, log=lambda *_: None)
     with pytest.raises(MnistCnnError, match=r"seed-1 is given twice"):  # the Python API's way in, too
-        ensemble_runs([runs[1].path, runs[0].path, runs[1].path / "model.safetensors"])
+        ensemble_runs([runs[1].path, runs[0].path, runs[1].path / ".." / "seed-1"])
+
+
+def test_weights_files_side_by_side_are_different_members(members, tmp_path):
+    _, _, runs = members
+    for i, run in enumerate(runs):
+        save_weights(tmp_path / f"w{i}.safetensors", run.model)
+    model = ensemble_runs([tmp_path / "w0.safetensors", tmp_path / "w1.safetensors"])
+    assert model.sources == [str(tmp_path / "w0.safetensors"), str(tmp_path / "w1.safetensors")]
 
 
 def test_a_run_loaded_once_serves_every_api_as_its_directory_does(members):
     _, _, runs = members
     assert load_model(runs[0]) is runs[0] and model_of(runs[0]) is runs[0].model
     assert model_of(runs[0].model) is runs[0].model and model_of(runs[0].path).name == "keras-basic"
-    for api in (load_model, model_of):
-        with pytest.raises(MnistCnnError, match=r"expected a run or ensemble directory, a Run or an EnsembleRun, "
-                                                r"got dict"):
-            api({"model": "keras-basic"})
+    with pytest.raises(MnistCnnError, match=r"expected a run or ensemble directory, a Run or an EnsembleRun, got dict"):
+        load_model({"model": "keras-basic"})
+    with pytest.raises(MnistCnnError, match=r"expected a model \(a torch nn.Module, e.g. run.model\), a Run or an "
+                                            r"EnsembleRun, or a run or ensemble directory, got dict"):
+        model_of({"model": "keras-basic"})
 
 
 def test_cli_ensemble_writes_a_loadable_dir(members, mnist, tmp_path, capsys):

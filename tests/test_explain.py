@@ -209,7 +209,7 @@ def test_cli_explain_and_report(run, tmp_path, capsys):
     assert main(["explain", str(run.path), "--index", "-1"]) == 2
     assert main(["report", str(tmp_path / "no-run")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 2 and "out of range" in err and "not a run directory" in err
+    assert err.count("\n") == 2 and "out of range" in err and "no-run does not exist: expected a run directory" in err
 
 
 def test_commands_that_do_not_plot_never_import_matplotlib():

@@ -80,9 +80,11 @@ def test_export_from_a_run_directory_and_bad_formats(trained_run, tmp_path):
         export_model(trained_run, "tflite", tmp_path / "m.tflite")
     with pytest.raises(MnistCnnError, match="cannot tell the format"):
         format_for(tmp_path / "model.bin")
-    with pytest.raises(MnistCnnError, match="no-such-run does not exist: expected a run directory"):
+    with pytest.raises(MnistCnnError, match="no-such-run does not exist: expected a run or ensemble directory"):
         export_model(tmp_path / "no-such-run", "onnx", tmp_path / "x.onnx")
-    assert not (tmp_path / "m.tflite").exists()
+    with pytest.raises(MnistCnnError, match=r"cannot export Sequential: expected a run or ensemble .*, a SpecModel or"):
+        export_model(torch.nn.Sequential(trained_run.model), "onnx", tmp_path / "x.onnx")
+    assert not (tmp_path / "m.tflite").exists() and not (tmp_path / "x.onnx").exists()
 
 
 def test_export_refuses_to_replace_the_runs_own_files(trained_run, tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from images import png_bomb as png_header_only
@@ -188,9 +189,12 @@ def test_predict_arrays_takes_bytes_or_unit_floats_in_either_layout_and_refuses_
     expected = [r["probabilities"] for r in predict_arrays(trained_run, x)]
     for same in (x.astype(np.float32) / 255, x[:, None], x[..., None], x.astype(np.int64)):
         assert np.allclose([r["probabilities"] for r in predict_arrays(trained_run, same)], expected, atol=1e-6)
+    for model in (trained_run.model, torch.nn.Sequential(trained_run.model)):  # any torch model predicts too
+        assert np.allclose([r["probabilities"] for r in predict_arrays(model, x)], expected, atol=1e-6)
     for bad, message in [(x.astype(np.float32), r"float images must be in \[0, 1\].*divide 0..255 pixels by 255"),
                          (np.full((28, 28), 300), r"integer images must be 0..255, got values in \[300, 300\]"),
                          (np.full((28, 28), np.nan), r"float images must be in \[0, 1\]"),
+                         (np.full((28, 28), 1 + 1e-9), r"got values in \[1.000000001, 1.000000001\]"),  # not rounded
                          (np.zeros((3, 2, 28, 28)), r"expected images of shape \[N, 28, 28\], got \[3, 2, 28, 28\]$"),
                          (np.zeros((5, 784)), r"got \[5, 784\]; for a photo or drawing of any size, use predict_files")]:
         with pytest.raises(MnistCnnError, match=message):

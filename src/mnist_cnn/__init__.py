@@ -9,6 +9,7 @@ after importing torch (about 2 s), and a Ctrl-C during that import reaches the C
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from typing import TYPE_CHECKING, Any
@@ -36,11 +37,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    globals()[name] = value  # the next lookup is an ordinary one
-    return value
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+        globals()[name] = value  # the next lookup is an ordinary one
+        return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: mnist_cnn.runs.load_weights
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -461,7 +461,7 @@ def check_unit_range(x: torch.Tensor, what: str = "float images") -> None:
     """Refuse float pixels outside [0, 1], NaN included: 0..255 floats would be scored as nonsense, not refused."""
     low, high = (x.min().item(), x.max().item()) if x.numel() else (0.0, 0.0)  # NaN comes out as min and max
     if not (0 <= low and high <= 1):
-        raise MnistCnnError(f"{what} must be in [0, 1], got values in [{low:g}, {high:g}]"
+        raise MnistCnnError(f"{what} must be in [0, 1], got values in [{low:.10g}, {high:.10g}]"
                             f"{': divide 0..255 pixels by 255' if high > 1 else ''}")
 
 

@@ -146,15 +146,15 @@ def ensemble_runs(run_dirs: Sequence[str | os.PathLike], tta: bool | Sequence[Se
 def _check_members(runs: Sequence[Run]) -> None:
     if not runs:
         raise MnistCnnError("an ensemble needs at least one run")
-    paths = [r.path.resolve() for r in runs]
-    twice = next((r.path for r, p in zip(runs, paths) if paths.count(p) > 1), None)
+    paths = [r.source.resolve() for r in runs]
+    twice = next((r.source for r, p in zip(runs, paths) if paths.count(p) > 1), None)
     if twice is not None:  # it would count double in the average
         raise MnistCnnError(f"{twice} is given twice: an ensemble's members are different runs")
 
 
 def _sources(runs: Sequence[Run]) -> list[str]:
     """Where the members came from, absolute: the ensemble is opened later from other folders."""
-    return [str(r.path.absolute()) for r in runs]
+    return [str(r.source.absolute()) for r in runs]
 
 
 def save_ensemble(path: str | os.PathLike, model: EnsembleModel, extra: dict[str, Any] | None = None) -> Path:
@@ -225,14 +225,21 @@ def load_model(source: Run | EnsembleRun | str | os.PathLike) -> Run | EnsembleR
         raise MnistCnnError(f"expected a run or ensemble directory, a Run or an EnsembleRun, got "
                             f"{type(source).__name__}")
     p = Path(source)
+    if not p.exists():
+        raise MnistCnnError(f"{p} does not exist: expected a run or ensemble directory (or its .safetensors file)")
     if (p.is_dir() and (p / ENSEMBLE_FILE).exists()) or p.name == ENSEMBLE_FILE:
         return load_ensemble(p)
     return load_run(p)
 
 
-def model_of(source: RunLike) -> SpecModel | EnsembleModel:
-    """The model itself, or the model of a run or ensemble (or of its directory)."""
-    return source if isinstance(source, (SpecModel, EnsembleModel)) else load_model(source).model
+def model_of(source: RunLike | nn.Module) -> nn.Module:
+    """The model itself (any torch module), or the model of a run or ensemble (or of its directory)."""
+    if isinstance(source, nn.Module):
+        return source
+    if not isinstance(source, (Run, EnsembleRun, str, os.PathLike)):
+        raise MnistCnnError(f"expected a model (a torch nn.Module, e.g. run.model), a Run or an EnsembleRun, or a "
+                            f"run or ensemble directory, got {type(source).__name__}")
+    return load_model(source).model
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -267,8 +274,8 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
     members = []
     for r, logits in zip(runs, member_logits):
         m = metrics_from_logits(logits, y_test)
-        members.append({"run_dir": str(r.path), "model": r.name, **_short(m)})
-        log(f"member {r.path}: test accuracy {m['accuracy'] * 100:.2f}% ({m['errors']} errors)")
+        members.append({"run_dir": str(r.source), "model": r.name, **_short(m)})
+        log(f"member {r.source}: test accuracy {m['accuracy'] * 100:.2f}% ({m['errors']} errors)")
     if tta:
         metrics = evaluate(model, x_test, y_test)
     else:  # the members' logits are already here: average their softmax instead of running them again

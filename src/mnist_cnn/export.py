@@ -78,6 +78,9 @@ class _WithProbabilities(nn.Module):
 
 def _resolve(run_or_model: RunLike) -> tuple[SpecModel | EnsembleModel, dict[str, Any], Run | EnsembleRun | None]:
     """The model (a CPU, eval-mode copy), its identity metadata, and the run or ensemble it came from, if any."""
+    if isinstance(run_or_model, nn.Module) and not isinstance(run_or_model, (SpecModel, EnsembleModel)):
+        raise MnistCnnError(f"cannot export {type(run_or_model).__name__}: expected a run or ensemble (its directory, "
+                            "a Run or an EnsembleRun), a SpecModel or an EnsembleModel")
     run = None if isinstance(run_or_model, (SpecModel, EnsembleModel)) else load_model(run_or_model)
     model = run.model if run is not None else run_or_model
     # "spec" is the architecture; an ensemble's is its members' specs, TTA shifts and how they combine

@@ -31,9 +31,9 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
     if a.dtype.kind not in "iuf":
         raise MnistCnnError(f"images have dtype {a.dtype}: expected integers 0..255 or floats in [0, 1]")
     if a.dtype.kind == "f":
-        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # checked before float32 rounds it
         check_unit_range(x)
-        return x.unsqueeze(1)
+        return x.float().unsqueeze(1)
     low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if not (0 <= low and high <= 255):
         raise MnistCnnError(f"integer images must be 0..255, got values in [{low:g}, {high:g}]")

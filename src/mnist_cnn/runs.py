@@ -123,6 +123,12 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    weights: Path | None = None  # a weights file opened on its own; None: the run directory's model.safetensors
+
+    @property
+    def source(self) -> Path:
+        """What the run was opened from: its directory, or the weights file."""
+        return self.weights or self.path
 
     @property
     def spec(self) -> ModelSpec:
@@ -183,7 +189,7 @@ def load_run(run_dir: str | os.PathLike | Run) -> Run:
                             f"`mnist-cnn train --out {path}`)")
     base = weights.parent
     if weights.name != "model.safetensors":  # a weights file on its own: JSON files beside it are not its run's
-        return Run(base, load_weights(weights))
+        return Run(base, load_weights(weights), weights=weights)
     return Run(base, load_weights(weights), read_json(base / "config.json", {}),
                _checked_history(base / "history.json"), read_json(base / "metrics.json", {}))
 

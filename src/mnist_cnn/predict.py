@@ -14,13 +14,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from .atomic import atomic_write_bytes
 from .data import check_unit_range, to_float
 from .errors import MnistCnnError
-from .ensemble import EnsembleModel, RunLike, model_of
+from .ensemble import RunLike, model_of
 from .evaluate import predict_logits
-from .models import SpecModel
 from .preprocess import ImageError, ImageSource, image_name, is_pil_image, load_image
 
 
@@ -40,7 +40,7 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
     return to_float(np.ascontiguousarray(a, dtype=np.uint8))
 
 
-def predict_proba(model: SpecModel | EnsembleModel, x: torch.Tensor) -> np.ndarray:
+def predict_proba(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     """Softmax probabilities [N, 10] for float input [N, 1, 28, 28], in eval mode on the model's device."""
     return torch.softmax(predict_logits(model, x), dim=1).cpu().numpy()
 
@@ -53,7 +53,7 @@ def describe(probabilities: np.ndarray, k: int = 3) -> dict[str, Any]:
             "probabilities": [float(p) for p in probabilities]}
 
 
-def predict_arrays(run: RunLike, images: np.ndarray) -> list[dict[str, Any]]:
+def predict_arrays(run: RunLike | nn.Module, images: np.ndarray) -> list[dict[str, Any]]:
     """Predictions for MNIST-form images (no preprocessing is applied): [N, 28, 28], [28, 28], or with a channel
     axis of 1 ([N, 1, 28, 28] or [N, 28, 28, 1]); integers 0..255 or floats in [0, 1]."""
     images = given = np.asarray(images)
@@ -105,7 +105,7 @@ def image_files(paths: Sequence[ImageSource]) -> list[ImageSource]:
     return files
 
 
-def predict_files(run: RunLike, paths: ImageSource | Sequence[ImageSource],
+def predict_files(run: RunLike | nn.Module, paths: ImageSource | Sequence[ImageSource],
                   show_preprocessed_dir: str | os.PathLike | None = None, *, raw: bool = False,
                   skip_unreadable: bool = False) -> list[dict[str, Any]]:
     """Preprocess each image (a file's path, a folder: its image files; encoded bytes; a Pillow image) the MNIST way

@@ -262,7 +262,7 @@ def test_an_ensemble_directory_is_evaluated_and_predicted_like_a_run(members, en
     predicted = json.loads(capsys.readouterr().out)[0]
     expected = load_ensemble(ensemble_dir).predict_proba(to_model_input(load_image("digit.png")[None]))[0]
     assert np.allclose(predicted["probabilities"], expected.numpy(), atol=1e-6)
-    assert predicted["digit"] == int(expected.argmax()) == int(mnist.y_test[0])
+    assert predicted["digit"] == int(expected.argmax())  # members of 500 images at 45%: parity, not accuracy
     broken = tmp_path / "broken"  # an ensemble folder that lost its weights file is still named as an ensemble
     broken.mkdir()
     (broken / "config.json").write_bytes((ensemble_dir / "config.json").read_bytes())

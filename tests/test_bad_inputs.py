@@ -1,6 +1,6 @@
-"""Every row of the README's "Bad input, and what it gets" table, checked: a user's mistake on the command line
+"""Every row of docs/errors.md's "Bad input, and what it gets" table, checked: a user's mistake on the command line
 gets ONE line `error: ...` naming the file or value and exit status 2 (never a traceback); a bad HTTP body gets
-its 4xx JSON error. A test below parses the README table, so the table and these cases cannot drift apart.
+its 4xx JSON error. A test below parses that table, so the table and these cases cannot drift apart.
 
 Readers already fuzzed elsewhere (tests/test_fuzz_data.py, tests/test_fuzz_spec.py, tests/test_preprocess.py,
 tests/test_serve.py) are checked here once more through the whole CLI path, with tiny files in tmp_path.
@@ -36,8 +36,8 @@ from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.runs import checkpoint_paths
 from mnist_cnn.train import make_config, train
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SECTION = "## Bad input, and what it gets"
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+SECTION = "# Bad input, and what it gets"
 MARKER = "mnist_cnn_unpickled_me"  # a pickle that runs code would create this file
 
 
@@ -168,10 +168,10 @@ def evaluate_with(data: str, ctx: Ctx) -> list[str]:
     return ["evaluate", str(ctx.run), "--data", data]
 
 
-# ---------------------------------------------------------------- the cases: one per README row
+# ---------------------------------------------------------------- the cases: one per table row
 
-# (input, bad form, argv from ctx, text the one-line error must contain). The first two fields are the README
-# row's first two cells, verbatim.
+# (input, bad form, argv from ctx, text the one-line error must contain). The first two fields are, verbatim, the
+# first two cells of its row.
 CLI_CASES = [
     # data files: `--data DIR` (four IDX files, plain or .gz) or `--data FILE.npz`
     ("data: IDX", "wrong magic", lambda c: evaluate_with(c.idx_dir(replace(IDX_NAMES["x_test"], b"GIF89a" + bytes(40))), c),
@@ -430,17 +430,17 @@ def test_a_stalled_body_gets_408(run_dir, start_server):
     assert time.monotonic() - start < 5
 
 
-def readme_rows() -> list[tuple[str, str]]:
-    text = README.read_text(encoding="utf-8")
-    assert SECTION in text, f"README.md has no section {SECTION!r}"
+def table_rows() -> list[tuple[str, str]]:
+    text = TABLE.read_text(encoding="utf-8")
+    assert SECTION in text, f"{TABLE} has no section {SECTION!r}"
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines[2:]]  # skip head, rule
     return [(row[0], row[1]) for row in rows]
 
 
-def test_the_readme_table_has_a_row_per_case_and_a_case_per_row():
-    rows = readme_rows()
+def test_the_table_has_a_row_per_case_and_a_case_per_row():
+    rows = table_rows()
     assert len(rows) == len(CLI_CASES) + len(HTTP_CASES) + 1  # + the stalled body
     assert rows == ALL_ROWS
 

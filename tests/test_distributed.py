@@ -19,7 +19,7 @@ import torch
 
 from mnist_cnn import MnistCnnError
 from mnist_cnn.runs import checkpoint_paths, load_tensors
-from mnist_cnn.train import _device
+from mnist_cnn.training.distributed import device_for as _device
 
 # 643 images: the 11th batch holds 3, split 2 + 1 between the processes, whose gradients must still average to
 # the mean over the whole batch (each process's mean weighed by its share, not the plain mean of the two)

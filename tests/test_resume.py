@@ -2,6 +2,7 @@
 uninterrupted run ends; damaged checkpoints are skipped; a full disk leaves the previous checkpoint intact."""
 
 import dataclasses
+import importlib
 import json
 import os
 import random
@@ -120,7 +121,7 @@ def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp
 
 
 def test_ctrl_c_during_the_final_evaluation_lets_it_finish(mnist, tmp_path, monkeypatch):
-    training = sys.modules["mnist_cnn.train"]  # the module: `mnist_cnn.train` is also the function
+    training = importlib.import_module("mnist_cnn.training.loop")
 
     def interrupted_evaluate(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
@@ -133,7 +134,7 @@ def test_ctrl_c_during_the_final_evaluation_lets_it_finish(mnist, tmp_path, monk
 
 
 def test_a_second_ctrl_c_during_the_final_evaluation_says_how_to_finish(mnist, tmp_path, monkeypatch):
-    training = sys.modules["mnist_cnn.train"]
+    training = importlib.import_module("mnist_cnn.training.loop")
     config = make_config(epochs=1, limit_train=256, limit_test=64, out=str(tmp_path / "cut"), verbose=0)
     full = train(dataclasses.replace(config, out=str(tmp_path / "full")), mnist)
 

@@ -86,6 +86,7 @@ def resumed_config(out: Path, config: TrainConfig | None, overrides: dict[str, A
     """The config a resumed run continues with: its saved config.json, with only its length (`epochs`) and its
     placement (device, threads, cuda_graph) changed: from `overrides`, else from `config` where it has them (the
     placement where it is not the default); and its newest checkpoint (None if it stopped before the first)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}  # None: not given, as in make_config
     refused = sorted(set(overrides) - {"epochs", *PLACEMENT})
     if refused:
         allowed = ", ".join("{" + name + "}" for name in ("epochs", *PLACEMENT[:-1]))

@@ -147,8 +147,8 @@ def make_config(model: str | os.PathLike | ModelSpec | list | dict | None = None
     named = dict(RECIPES.get(recipe, {}))
     given = {k: _plain(v) for k, v in overrides.items() if v is not None}
     if isinstance(model, (ModelSpec, list, dict)):
-        spec = model if isinstance(model, ModelSpec) else parse_spec(model if isinstance(model, dict) else
-                                                                     {"layers": model}, "model")
+        raw = {"name": "custom", **model} if isinstance(model, dict) else {"name": "custom", "layers": model}
+        spec = model if isinstance(model, ModelSpec) else parse_spec(raw, "model")
         model, given["spec"] = spec.name, spec.to_dict()
     if model is not None and named.get("model") not in (None, model):  # a recipe is tuned for its own model
         raise OptionError(f"{{recipe}} {recipe} trains {named['model']}; give {{recipe}} or {{model}} "

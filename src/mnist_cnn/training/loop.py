@@ -54,17 +54,20 @@ class Split:
     num_classes: int
 
 
-def train(config: TrainConfig | None = None, data: MnistData | None = None, *, resume: str | Path | None = None,
+def train(config: TrainConfig | None = None, data: MnistData | str | os.PathLike | None = None, *, resume: str | Path | None = None,
           overwrite: bool = False, log: Log = print, **options: Any) -> Run:
     """Train a model (like Keras's fit), write its run directory, evaluate once on the test set.
 
-    Give a TrainConfig, or make_config's options as keywords (`train(model=..., epochs=3)`).
+    Give a TrainConfig, or make_config's options as keywords (`train(model=..., epochs=3)`); `data` is the data
+    itself (MnistData) or, as make_config's `data`, its path.
     A run directory that already holds a run is refused unless `overwrite`, which first removes that run's files.
     `resume` continues the run saved there with its own settings; only `epochs`, `device`, `threads` and
     `cuda_graph` may change (as keywords, or from `config`: its epochs, and its placement where not the default).
     Ctrl-C or a scheduler's SIGTERM ends the step first, so the checkpoint it leaves is consistent; one that comes
     during the final evaluation lets it finish.
     """
+    if isinstance(data, (str, os.PathLike)):  # a path: the option, recorded in config.json
+        data, options = None, {**options, "data": data}
     procs = Processes.from_env()
     threads = torch.get_num_threads()
     try:

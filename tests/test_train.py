@@ -10,8 +10,8 @@ import torch
 
 from mnist_cnn import MnistCnnError, load_run, make_config, predict_logits, train
 from mnist_cnn.evaluate import loss_and_accuracy
-from mnist_cnn.training.optim import KerasRMSprop, learning_rate, plateau_lr
 from mnist_cnn.runs import load_tensors, load_weights
+from mnist_cnn.training.optim import KerasRMSprop, learning_rate, plateau_lr
 
 
 def quick(tmp_path, name="run", **overrides):

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .errors import MnistCnnError, TrainingInterrupted

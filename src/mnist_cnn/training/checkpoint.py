@@ -5,15 +5,15 @@ its saved config.json. A checkpoint is named tensors + JSON, never a pickle."""
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from ..errors import MnistCnnError
-from ..models import build_model
+from ..models import SpecModel, build_model
 from ..runs import has_trained, latest_checkpoint, read_json, save_checkpoint
 from ..spec import ModelSpec
 from .config import FIELDS, PLACEMENT, TrainConfig, validate
@@ -28,7 +28,7 @@ Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]
 class TrainState:
     """Everything a resumed run needs to continue bit for bit."""
 
-    model: nn.Module
+    model: SpecModel
     optimizer: torch.optim.Optimizer
     ema: EMA | None
     sums: torch.Tensor  # this epoch's loss sum, correct predictions and images seen, on the device
@@ -42,16 +42,16 @@ class TrainState:
     def create(cls, spec: ModelSpec, config: TrainConfig, device: torch.device) -> TrainState:
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         torch.manual_seed(config.seed)  # the initial weights
-        model = build_model(spec).to(device, memory_format=memory_format)
+        model = build_model(spec).to(device, memory_format=memory_format)  # type: ignore[call-overload]
         model.memory_format = memory_format
         optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
         return cls(model, optimizer, EMA(model, config.ema) if config.ema else None,
                    torch.zeros(3, device=device, dtype=torch.float64), optimizer.param_groups[0]["lr"])
 
     @property
-    def eval_model(self) -> nn.Module:
+    def eval_model(self) -> SpecModel:
         """The weights that are evaluated: the EMA's where there is one."""
-        return self.ema.model if self.ema else self.model
+        return typing.cast(SpecModel, self.ema.model) if self.ema else self.model
 
     def stopped_early(self, config: TrainConfig) -> bool:
         return bool(config.early_stopping and self.waited >= config.early_stopping)

@@ -16,8 +16,23 @@ from typing import Any
 from ..errors import MnistCnnError
 from ..spec import ModelSpec, parse_spec
 from ..zoo import RECIPES, get_spec, recipe_for
-from .options import (COUNT, FINITE, POSITIVE, Check, OptionError, check, declaration, escape, interval, literal,
-                      number, one_of, option, optional, whole)
+from .options import (
+    COUNT,
+    FINITE,
+    POSITIVE,
+    Check,
+    OptionError,
+    check,
+    declaration,
+    escape,
+    interval,
+    literal,
+    number,
+    one_of,
+    option,
+    optional,
+    whole,
+)
 
 DEFAULT_LR = {"rmsprop": 1e-3, "adam": 1e-3, "sgd": 1e-2}  # Keras's, per optimiser
 SCHEDULES = ("constant", "exponential", "cosine", "onecycle", "plateau")
@@ -57,7 +72,8 @@ class TrainConfig:
                                             none_means="no validation set",
                                             checks=[optional(Check(number, "must be a fraction in [0, 1)"))])
     val_size: int | None = option(None, "the last N training images validate (e.g. 5000)", group="val",
-                                  none_means="no validation set", checks=[optional(Check(whole, "must be a whole number"))],
+                                  none_means="no validation set",
+                                  checks=[optional(Check(whole, "must be a whole number"))],
                                   elsewhere={"ensemble": "the last N training images validate the trained members"})
     limit_train: int | None = option(None, "use only the first N training images", none_means="every image",
                                      checks=[optional(POSITIVE)],
@@ -91,7 +107,8 @@ class TrainConfig:
     ema: float | None = option(None, "evaluate an exponential moving average of the weights, e.g. 0.999",
                                none_means="no average", checks=[optional(interval(0, 1))])
     early_stopping: int | None = option(None, "stop after PATIENCE epochs without improvement of --monitor (Keras's "
-                                        "EarlyStopping); needs a validation set", metavar="PATIENCE", none_means="no early stopping",
+                                        "EarlyStopping); needs a validation set", metavar="PATIENCE",
+                                        none_means="no early stopping",
                                         checks=[optional(Check(lambda v: whole(v) and v >= 1,
                                                                "must be a positive patience"))])
     monitor: str = option("val_loss", "what --early-stopping, --restore-best and the plateau schedule watch",
@@ -144,7 +161,7 @@ def make_config(model: str | os.PathLike | ModelSpec | list | dict | None = None
     (the spec file's vocabulary) or a spec dict; the run records it in spec.json and names it by its spec name."""
     if recipe is not None and recipe not in RECIPES:
         raise MnistCnnError(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
-    named = dict(RECIPES.get(recipe, {}))
+    named = dict(RECIPES[recipe]) if recipe else {}
     given = {k: _plain(v) for k, v in overrides.items() if v is not None}
     if isinstance(model, (ModelSpec, list, dict)):
         raw = {"name": "custom", **model} if isinstance(model, dict) else {"name": "custom", "layers": model}
@@ -162,7 +179,7 @@ def make_config(model: str | os.PathLike | ModelSpec | list | dict | None = None
         from ..data import recorded_path  # torch: only when a data path is given
 
         given["data"] = recorded_path(given["data"])
-    values = {**({} if "spec" in given else recipe_for(model)), **named, **given}
+    values = {**({} if "spec" in given else recipe_for(str(model))), **named, **given}
     for one, other in (("validation_split", "val_size"), ("val_size", "validation_split")):
         if one in given and other not in given:  # the user's way of splitting replaces the recipe's
             values.pop(other, None)

@@ -54,8 +54,8 @@ class Split:
     num_classes: int
 
 
-def train(config: TrainConfig | None = None, data: MnistData | str | os.PathLike | None = None, *, resume: str | Path | None = None,
-          overwrite: bool = False, log: Log = print, **options: Any) -> Run:
+def train(config: TrainConfig | None = None, data: MnistData | str | os.PathLike | None = None, *,
+          resume: str | Path | None = None, overwrite: bool = False, log: Log = print, **options: Any) -> Run:
     """Train a model (like Keras's fit), write its run directory, evaluate once on the test set.
 
     Give a TrainConfig, or make_config's options as keywords (`train(model=..., epochs=3)`); `data` is the data
@@ -233,7 +233,7 @@ def _finish(state: TrainState, config: TrainConfig, spec: ModelSpec, split: Spli
     procs.barrier()
     # hand back the model as `load_run` would build it (CPU, its default layout): same predictions, bit for bit
     final.memory_format = default_memory_format(spec)
-    final = final.cpu().to(memory_format=final.memory_format).eval()
+    final = final.cpu().to(memory_format=final.memory_format).eval()  # type: ignore[call-overload]
     return Run(out, final, config.to_dict(), state.history, metrics)
 
 
@@ -247,7 +247,7 @@ def _config(config: TrainConfig | None, resume: str | Path | None, options: dict
         raise MnistCnnError(f"give train() a TrainConfig or options ({', '.join(options)}), not both")
     config = config if config is not None else make_config(**options)
     validate(config)
-    paths = {k: str(v) for k in ("out", "data") if isinstance(v := getattr(config, k), os.PathLike)}
+    paths: dict[str, Any] = {k: str(v) for k in ("out", "data") if isinstance(v := getattr(config, k), os.PathLike)}
     return dataclasses.replace(config, **paths), checkpoint
 
 

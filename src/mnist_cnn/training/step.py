@@ -59,7 +59,7 @@ class StepGraph:
 
     def run(self, idx: torch.Tensor, theta: torch.Tensor | None) -> None:
         self.idx.copy_(idx)
-        if self.theta is not None:
+        if self.theta is not None and theta is not None:
             self.theta.copy_(theta)
         if self.graph is None and self.warmup > 0:
             self.warmup -= 1

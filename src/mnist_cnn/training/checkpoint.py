@@ -56,7 +56,7 @@ class TrainState:
     def stopped_early(self, config: TrainConfig) -> bool:
         return bool(config.early_stopping and self.waited >= config.early_stopping)
 
-    def save(self, out: Path, config: TrainConfig, spec: ModelSpec, procs: Processes) -> None:
+    def checkpoint(self, out: Path, config: TrainConfig, spec: ModelSpec, procs: Processes) -> None:
         """A checkpoint at this step. Every process calls it at the same step (the sums are summed over them)."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.ema:
@@ -75,7 +75,7 @@ class TrainState:
             self.ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         self.optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
         _match_parameter_layouts(self.optimizer)
-        # rank 0 carries the epoch's running sums for every rank (save sums them)
+        # rank 0 carries the epoch's running sums for every rank (checkpoint sums them)
         if is_main:
             self.sums = tensors["sums"].to(self.sums.device)
         self.step, self.history, self.best, self.waited = meta["step"], meta["history"], meta["best"], meta["waited"]

@@ -136,9 +136,9 @@ def fit(state: TrainState, step: Step, split: Split, config: TrainConfig, spec: 
                 bar.update(i + 1, steps_per_epoch, t0, state.sums)
                 mid_epoch = state.step % steps_per_epoch != 0  # at an epoch's end, its row comes first
                 if mid_epoch and config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                    state.save(out, config, spec, procs)
+                    state.checkpoint(out, config, spec, procs)
                 if mid_epoch and signals.requested:
-                    state.save(out, config, spec, procs)
+                    state.checkpoint(out, config, spec, procs)
                     raise StopRequested
             bar.end()
             row = _epoch_row(state, epoch, lr, t0, split, procs)
@@ -148,7 +148,7 @@ def fit(state: TrainState, step: Step, split: Split, config: TrainConfig, spec: 
             stop = _watch(state, row, config, out, procs, say)
             if procs.is_main:
                 write_history(out, state.history)
-            state.save(out, config, spec, procs)
+            state.checkpoint(out, config, spec, procs)
             if signals.requested and state.step < total_steps and not stop:
                 raise StopRequested
     except (StopRequested, KeyboardInterrupt) as e:

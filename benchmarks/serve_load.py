@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 def tiny_run(directory: Path) -> Path:
-    from mnist_cnn.train import TrainConfig, train
+    from mnist_cnn.training import TrainConfig, train
 
     out = directory / "tiny-run"
     train(TrainConfig(model="keras-basic", epochs=1, limit_train=3000, limit_test=1000, out=str(out), verbose=0),

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_results  # noqa: E402
 
 from mnist_cnn import build_model, get_spec, load_mnist, to_float  # noqa: E402
-from mnist_cnn.optim import KerasRMSprop, make_optimizer  # noqa: E402
+from mnist_cnn.training.optim import KerasRMSprop, make_optimizer  # noqa: E402
 
 
 def plain_head(model):

@@ -22,7 +22,7 @@ def mnist():
 @pytest.fixture(scope="session")
 def trained_run(mnist, tmp_path_factory):
     """A small trained run (keras-basic, 1 epoch on 3,000 images): good enough to tell a '1'."""
-    from mnist_cnn.train import TrainConfig, train
+    from mnist_cnn.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained-run") / "run"
     config = TrainConfig(model="keras-basic", epochs=1, limit_train=3000, limit_test=1000, out=str(out), verbose=0)

@@ -34,7 +34,7 @@ from mnist_cnn.cli import main
 from mnist_cnn.data import IDX_NAMES, write_idx
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.runs import checkpoint_paths
-from mnist_cnn.train import make_config, train
+from mnist_cnn.training import make_config, train
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 SECTION = "# Bad input, and what it gets"

@@ -134,7 +134,7 @@ def test_help_usage_errors_and_an_early_ctrl_c_are_answered_before_torch_is_impo
 def test_every_public_name_is_there_on_first_use():
     import mnist_cnn
     import mnist_cnn.evaluate  # modules named like the functions they hold: the functions keep the names
-    import mnist_cnn.train
+    import mnist_cnn.training
 
     assert callable(mnist_cnn.train) and callable(mnist_cnn.evaluate)
 
@@ -191,7 +191,7 @@ def test_json_output_is_strict_json_even_for_nan(capsys):
 def test_a_run_remembers_its_data_and_says_when_it_has_moved(capsys, tmp_path, mnist):
     # trained from Python on data loaded from a file: every command afterwards tests on that file's test set
     from mnist_cnn.data import MnistData, load_mnist, write_npz
-    from mnist_cnn.train import make_config, train
+    from mnist_cnn.training import make_config, train
 
     flipped = MnistData(mnist.x_train[:600], mnist.y_train[:600], 255 - mnist.x_test[:100], mnist.y_test[:100],
                         source="")
@@ -250,7 +250,7 @@ def test_every_option_says_what_it_does_and_the_defaults_it_names_are_the_real_o
     import re
 
     from mnist_cnn.cli import build_parser
-    from mnist_cnn.train import TrainConfig
+    from mnist_cnn.training import TrainConfig
     from mnist_cnn.zoo import MODELS
 
     commands = next(a for a in build_parser()._actions if a.dest == "command")

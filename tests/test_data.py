@@ -394,7 +394,7 @@ def test_a_test_set_alone_loads_for_evaluating_and_is_refused_for_training(tmp_p
     bundled = load_mnist(test_only=True)  # the test files alone, still checksum-verified
     assert torch.equal(bundled.x_test, mnist.x_test) and torch.equal(bundled.y_test, mnist.y_test)
 
-    from mnist_cnn.train import make_config, train
+    from mnist_cnn.training import make_config, train
 
     with pytest.raises(MnistCnnError, match=r"test\.npz: holds no training images \(a test set alone can evaluate"):
         train(make_config(epochs=1, out=str(tmp_path / "run"), verbose=0), load_mnist(tmp_path / "test.npz",

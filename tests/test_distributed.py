@@ -8,6 +8,7 @@ autocast the half-batch rounding differs, and rmsprop amplifies it to about 1e-2
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,8 +19,9 @@ import test_resume
 import torch
 
 from mnist_cnn import MnistCnnError
+from mnist_cnn.flags import flag_name
 from mnist_cnn.runs import checkpoint_paths, load_tensors
-from mnist_cnn.train import _device
+from mnist_cnn.training.distributed import device_for as _device
 
 # 643 images: the 11th batch holds 3, split 2 + 1 between the processes, whose gradients must still average to
 # the mean over the whole batch (each process's mean weighed by its share, not the plain mean of the two)
@@ -49,9 +51,11 @@ def test_processes_take_a_gpu_each_or_share_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert _device("auto", local_world=1).type == "cuda"
     assert _device("auto", local_world=2).type == "cpu"
-    with pytest.raises(MnistCnnError, match=r"^--device cuda: 2 processes on this machine but 1 CUDA device\(s\); "
-                       "NCCL needs one per process"):
+    with pytest.raises(MnistCnnError) as error:
         _device("cuda", local_world=2)
+    # as the CLI says it (from Python: "device cuda: ...")
+    assert re.match(r"^--device cuda: 2 processes on this machine but 1 CUDA device\(s\); NCCL needs one per process "
+                    r"\(start fewer, or use --device cpu\)", error.value.as_flags(flag_name))
 
 
 def test_a_last_batch_smaller_than_the_processes_is_left_out(tmp_path):

@@ -150,13 +150,13 @@ def test_an_interrupted_member_says_to_run_the_same_command_again(tmp_path, monk
 
     from mnist_cnn import ensemble
     from mnist_cnn.errors import TrainingInterrupted
-    from mnist_cnn.train import make_config
+    from mnist_cnn.training import make_config
 
     def interrupted(config, data=None, **_):
         raise TrainingInterrupted(f"interrupted at step 3; continue with: mnist-cnn train --resume {config.out}",
                                   run_dir=config.out)
 
-    monkeypatch.setattr(importlib.import_module("mnist_cnn.train"), "train", interrupted)  # the module, not the function
+    monkeypatch.setattr(importlib.import_module("mnist_cnn.training"), "train", interrupted)
     with pytest.raises(TrainingInterrupted, match=r"interrupted while training .*m1, whose checkpoint is kept: run "
                                                   r"the same command again to continue") as e:
         ensemble.reuse_or_train(make_config(out=str(tmp_path / "m1")))

@@ -6,7 +6,7 @@ from itertools import pairwise
 import pytest
 
 from mnist_cnn import MODELS, RECIPES, MnistCnnError, get_spec, make_config
-from mnist_cnn.optim import learning_rate
+from mnist_cnn.training.optim import learning_rate
 
 
 def test_every_tutorial_model_has_its_recipe():
@@ -91,6 +91,6 @@ def test_constant_and_unknown_schedules():
 
 def test_a_recipe_with_another_model_is_refused():
     # a recipe is tuned for its own model: applying none of it to another one, silently, would mislead
-    with pytest.raises(MnistCnnError, match="--recipe fast trains fast-cnn; give --recipe or --model keras-basic"):
+    with pytest.raises(MnistCnnError, match="recipe fast trains fast-cnn; give recipe or model keras-basic"):
         make_config(recipe="fast", model="keras-basic")
     assert make_config(recipe="fast", model="fast-cnn").model == "fast-cnn"

@@ -2,6 +2,7 @@
 uninterrupted run ends; damaged checkpoints are skipped; a full disk leaves the previous checkpoint intact."""
 
 import dataclasses
+import importlib
 import json
 import os
 import random
@@ -120,7 +121,7 @@ def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp
 
 
 def test_ctrl_c_during_the_final_evaluation_lets_it_finish(mnist, tmp_path, monkeypatch):
-    training = sys.modules["mnist_cnn.train"]  # the module: `mnist_cnn.train` is also the function
+    training = importlib.import_module("mnist_cnn.training.loop")
 
     def interrupted_evaluate(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
@@ -133,7 +134,7 @@ def test_ctrl_c_during_the_final_evaluation_lets_it_finish(mnist, tmp_path, monk
 
 
 def test_a_second_ctrl_c_during_the_final_evaluation_says_how_to_finish(mnist, tmp_path, monkeypatch):
-    training = sys.modules["mnist_cnn.train"]
+    training = importlib.import_module("mnist_cnn.training.loop")
     config = make_config(epochs=1, limit_train=256, limit_test=64, out=str(tmp_path / "cut"), verbose=0)
     full = train(dataclasses.replace(config, out=str(tmp_path / "full")), mnist)
 
@@ -188,9 +189,12 @@ def test_an_interruption_ends_the_progress_bar_line_first(mnist, tmp_path, capsy
 def test_resume_refuses_fewer_epochs_than_trained_and_a_new_run_refuses_the_folder(mnist, tmp_path):
     config = make_config(epochs=2, limit_train=256, limit_test=64, batch_size=64, out=str(tmp_path), verbose=0)
     train(config, mnist)
-    with pytest.raises(MnistCnnError, match=r"with --epochs 1: it has already trained 2 epochs"):
+    # from Python, the options are named as Python names them (the CLI names them by their flags)
+    with pytest.raises(MnistCnnError, match=r"with epochs 1: it has already trained 2 epochs"):
         train(make_config(epochs=1), mnist, resume=tmp_path)
-    with pytest.raises(MnistCnnError, match=r"already holds a run; continue it with --resume"):
+    with pytest.raises(MnistCnnError, match=r"with epochs 1: it has already trained 2 epochs"):
+        train(data=mnist, resume=tmp_path, epochs=1)
+    with pytest.raises(MnistCnnError, match=r"already holds a run; continue it with resume"):
         train(config, mnist)
     assert len(json.loads((tmp_path / "history.json").read_text())) == 2  # untouched
 

@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import re
 from datetime import datetime
 
 import pytest
@@ -9,8 +10,8 @@ import torch
 
 from mnist_cnn import MnistCnnError, load_run, make_config, predict_logits, train
 from mnist_cnn.evaluate import loss_and_accuracy
-from mnist_cnn.optim import KerasRMSprop, learning_rate, plateau_lr
 from mnist_cnn.runs import load_tensors, load_weights
+from mnist_cnn.training.optim import KerasRMSprop, learning_rate, plateau_lr
 
 
 def quick(tmp_path, name="run", **overrides):
@@ -92,12 +93,37 @@ def test_tutorial_recipes_are_the_defaults():
      r"--min-delta must be a finite number >= 0, got -0.1"),
     ({"validation_split": "0.1"}, r"--validation-split must be a fraction in \[0, 1\), got '0.1'"),
     ({"out": 3}, r"--out must be a folder's path, got 3"),
-    ({"model": torch.nn.Linear(784, 10)}, r"model must be a name or a spec file's path, got Linear\(.*write "
-                                          r"spec\.to_dict\(\) to a \.json file"),
+    ({"model": torch.nn.Linear(784, 10)}, r"model must be a name, a spec file's path, a ModelSpec, a list of layers "
+                                          r"or a spec dict, got Linear\("),
 ])
 def test_bad_options_are_refused_with_the_value(options, message):
-    with pytest.raises(MnistCnnError, match=message):
+    # as the CLI prints them: options named by their flags
+    with pytest.raises(MnistCnnError) as error:
         make_config(**options)
+    assert re.search(message, as_cli_says(error.value))
+
+
+def as_cli_says(error: MnistCnnError) -> str:
+    from mnist_cnn.flags import flag_name
+    from mnist_cnn.training.options import OptionError
+
+    return error.as_flags(flag_name) if isinstance(error, OptionError) else str(error)
+
+
+def test_python_names_options_as_python_does_and_the_cli_as_flags(capsys):
+    from mnist_cnn.cli import main
+
+    with pytest.raises(MnistCnnError, match=r"^epochs must be a positive integer, got 0$"):
+        make_config(epochs=0)
+    with pytest.raises(MnistCnnError, match=r"^early_stopping needs a validation set: add validation_split or "
+                                            r"val_size$"):
+        make_config(early_stopping=2)
+    with pytest.raises(MnistCnnError, match=r"^recipe fast trains fast-cnn; give recipe or model keras-basic, not "
+                                            r"both$"):
+        make_config(recipe="fast", model="keras-basic")
+    assert main(["train", "--early-stopping", "2"]) == 2
+    assert capsys.readouterr().err == ("error: --early-stopping needs a validation set: add --validation-split or "
+                                       "--val-size\n")
 
 
 def test_python_values_a_notebook_has_are_taken_and_its_state_is_left_alone(mnist, tmp_path):
@@ -135,7 +161,7 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_patience_epochs_after_it(
 
 
 def test_an_improvement_is_larger_than_min_delta_as_in_keras_early_stopping():
-    from mnist_cnn.train import improved
+    from mnist_cnn.training.optim import improved
 
     assert improved(0.9, None, "val_loss") and improved(0.0, None, "val_accuracy", 0.5)  # the first epoch is the best
     assert improved(0.49, 0.5, "val_loss") and not improved(0.5, 0.5, "val_loss")
@@ -166,7 +192,7 @@ def test_keras_rmsprop_matches_the_keras_formula():
 
 def test_keras_adam_matches_the_keras_formula_at_every_step():
     # Keras: w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps), eps added BEFORE the bias correction
-    from mnist_cnn.optim import make_optimizer
+    from mnist_cnn.training.optim import make_optimizer
 
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
     opt = make_optimizer("adam", [w], 0.01)
@@ -268,7 +294,7 @@ def test_runs_started_in_the_same_second_get_their_own_default_folders(mnist, tm
         def now(cls, tz=None):
             return datetime(2026, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(importlib.import_module("mnist_cnn.train"), "datetime", Frozen)
+    monkeypatch.setattr(importlib.import_module("mnist_cnn.training.loop"), "datetime", Frozen)
     monkeypatch.chdir(tmp_path)
     paths = [train(quick(tmp_path, limit_train=64, limit_test=10, out=None, threads=1), mnist).path
              for _ in range(3)]

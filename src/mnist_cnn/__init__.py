@@ -24,7 +24,7 @@ _HOMES = {
     "models": ("build_model", "count_params", "layer_table", "summary"),
     "runs": ("Run", "load_run"),
     "spec": ("Layer", "ModelSpec", "load_spec", "parse_spec"),
-    "train": ("TrainConfig", "make_config", "train"),
+    "training": ("TrainConfig", "make_config", "train"),
     "zoo": ("MODELS", "RECIPES", "get_spec"),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
@@ -66,5 +66,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names com
     from .models import build_model, count_params, layer_table, summary
     from .runs import Run, load_run
     from .spec import Layer, ModelSpec, load_spec, parse_spec
-    from .train import TrainConfig, make_config, train
+    from .training import TrainConfig, make_config, train
     from .zoo import MODELS, RECIPES, get_spec

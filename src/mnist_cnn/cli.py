@@ -10,10 +10,12 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .errors import MnistCnnError, TrainingInterrupted
+from .flags import PLACEMENT_DESTS, TRAIN_DESTS, add_model_options, add_training_flags, config_options, flag_name
+from .flags import model_options as _model_options
+from .training.options import OptionError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {}
 
@@ -78,23 +80,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
     print(summary(spec))
 
 
-def _model_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {}
-    for name in ("kernel_size", "filters"):
-        if getattr(args, name, None) is not None:
-            options[name] = getattr(args, name)
-    if getattr(args, "no_dropout", False):
-        options["dropout"] = False
-    return options
-
-
-_PLACEMENT = ("device", "threads", "no_cuda_graph")  # train._PLACEMENT as flags
 _PLATEAU = ("lr_factor", "lr_patience", "lr_min_delta", "lr_cooldown", "min_lr")
-_TRAIN_SETTINGS = ("model", "recipe", "kernel_size", "filters", "no_dropout", "data", "batch_size", "optimizer", "lr",
-                   "seed", "validation_split", "val_size", "limit_train", "limit_test", "out", "rotation", "shift",
-                   "shear", "zoom", "schedule", "lr_decay", *_PLATEAU, "label_smoothing", "weight_decay", "ema",
-                   "early_stopping", "min_delta", "monitor", "restore_best", "precision", "threads", "device",
-                   "no_channels_last", "no_cuda_graph", "checkpoint_every")
+_TRAIN_SETTINGS = tuple(dest for dest in TRAIN_DESTS if dest != "epochs")
 
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
@@ -140,39 +127,19 @@ def _silence(stream: TextIO) -> None:
 
 @command
 def cmd_train(args: argparse.Namespace) -> None:
-    from .runs import read_json
-    from .train import make_config, train
+    from .training import make_config, train
 
-    augment = None
-    if any(getattr(args, k) is not None for k in ("rotation", "shift", "shear", "zoom")):
-        augment = {"rotation": args.rotation or 0, "width_shift": args.shift or 0, "height_shift": args.shift or 0,
-                   "shear": args.shear or 0, "zoom": args.zoom or 0}
     log = _log_to(sys.stderr if args.json else sys.stdout)
-    cuda_graph = False if args.no_cuda_graph else None
+    options = config_options(args)
     if args.resume:
         # the run's saved settings define it; only its length, and where it runs, may change
-        given = _given(args, tuple(s for s in _TRAIN_SETTINGS if s not in _PLACEMENT))
+        given = _given(args, tuple(s for s in _TRAIN_SETTINGS if s not in PLACEMENT_DESTS))
         if given:
             raise MnistCnnError(f"--resume continues {args.resume} with its saved settings; only --epochs, --device, "
                                 f"--threads and --no-cuda-graph may be given with it, got {given[0]}")
-        moved = {"device": args.device, "threads": args.threads, "cuda_graph": cuda_graph}
-        overrides = None
-        if args.epochs is not None or any(v is not None for v in moved.values()):
-            saved = read_json(Path(args.resume) / "config.json", {})  # train says so if it is not a run's
-            overrides = make_config(epochs=saved.get("epochs") if args.epochs is None else args.epochs, **moved)
-        run = train(overrides, resume=args.resume, log=log)
+        run = train(resume=args.resume, log=log, **{k: v for k, v in options.items() if v is not None})
     else:
-        config = make_config(
-            model=args.model, recipe=args.recipe, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
-            optimizer=args.optimizer, lr=args.lr, seed=args.seed, validation_split=args.validation_split,
-            val_size=args.val_size, limit_train=args.limit_train, limit_test=args.limit_test, out=args.out,
-            augment=augment, schedule=args.schedule, lr_decay=args.lr_decay, label_smoothing=args.label_smoothing,
-            **{name: getattr(args, name) for name in _PLATEAU},
-            weight_decay=args.weight_decay, ema=args.ema, early_stopping=args.early_stopping, min_delta=args.min_delta,
-            monitor=args.monitor, restore_best=args.restore_best or None, precision=args.precision,
-            threads=args.threads, device=args.device, checkpoint_every=args.checkpoint_every,
-            model_options=_model_options(args) or None,
-            channels_last=False if args.no_channels_last else None, cuda_graph=cuda_graph)
+        config = make_config(**options)
         _refuse_unused(args, config)
         run = train(config, log=log)
     if args.json:
@@ -242,12 +209,10 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
         raise MnistCnnError(f"{e}{'' if args.data else '; the runs were trained on it: give --data where it is now'}"
                             ) from None
     if args.train:
-        from .train import make_config
+        from .training import make_config
 
         recipe = args.recipe or (None if args.model else "best")
-        config = make_config(model=args.model, recipe=recipe, data=data_path, epochs=args.epochs, seed=args.seed,
-                             limit_train=args.limit_train, limit_test=args.limit_test, val_size=args.val_size,
-                             precision=args.precision, threads=args.threads, device=args.device)
+        config = make_config(**{**config_options(args, "ensemble"), "recipe": recipe, "data": data_path})
         runs += train_members(config, args.train, data=data, out=args.out, log=log)
     if not runs:
         raise MnistCnnError("give RUN_DIR arguments, --train N, or both")
@@ -264,9 +229,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
     log = _log_to(sys.stderr if args.json else sys.stdout)
     grid = load_grid(args.grid_file)
-    overrides = {"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test,
-                 "data": args.data, "precision": args.precision, "threads": args.threads, "device": args.device}
-    results = run_grid(grid, seeds=args.seeds, out=args.out, overrides=overrides, log=log)
+    results = run_grid(grid, seeds=args.seeds, out=args.out, overrides=config_options(args, "experiment"), log=log)
     if args.json:
         return _print_json(summary_json(results))
     print(results["table"])
@@ -321,7 +284,6 @@ _JSON = "print JSON instead of text"
 _JSON_LAST = "print one JSON object as the last line"
 _MODEL = "a named model (see `mnist-cnn models`) or a .toml/.json/.yaml spec file"
 _RUN = "a run directory (mnist-cnn train --out DIR)"
-_TRAIN_DATA = "a directory of IDX files or a .npz file (default: the bundled MNIST)"
 
 
 def _add_data_option(p: argparse.ArgumentParser) -> None:
@@ -349,60 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="print a Keras-style summary of a named model or a spec file")
     p.add_argument("model", metavar="MODEL_OR_SPEC_FILE", help=_MODEL)
-    _add_model_options(p)
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help=_JSON)
 
     p = sub.add_parser("train", help="train a model (defaults: keras-basic tutorial recipe on bundled MNIST)")
-    p.add_argument("--model", help=_MODEL)
-    p.add_argument("--recipe", help="a named recipe: model + optimiser + schedule + augmentation + epochs")
-    _add_model_options(p)
-    p.add_argument("--data", help=_TRAIN_DATA)
-    p.add_argument("--epochs", type=int, help="epochs to train (default: the recipe's; keras-basic 5)")
-    p.add_argument("--batch-size", type=int, help="images per step (default: the recipe's; keras-basic 64)")
-    p.add_argument("--optimizer", choices=["rmsprop", "adam", "sgd"], help="with Keras's defaults (default: the "
-                   "recipe's; keras-basic rmsprop)")
-    p.add_argument("--lr", type=float, help="learning rate (default: Keras's default for the optimizer)")
-    p.add_argument("--seed", type=int, help="seed of the weights, the shuffling, the augmentation and dropout "
-                   "(default 0)")
-    val = p.add_mutually_exclusive_group()
-    val.add_argument("--validation-split", type=float, help="the last fraction of the training data validates")
-    val.add_argument("--val-size", type=int, help="the last N training images validate (e.g. 5000)")
-    p.add_argument("--limit-train", type=int, help="use only the first N training images")
-    p.add_argument("--limit-test", type=int, help="evaluate on the first N test images")
-    p.add_argument("--out", "--save-model", dest="out", help="run directory (default: runs/MODEL-TIMESTAMP)")
-    p.add_argument("--rotation", type=float, help="augment: random rotation range in degrees")
-    p.add_argument("--shift", type=float, help="augment: random width/height shift, a fraction of the size")
-    p.add_argument("--shear", type=float, help="augment: random shear angle range in degrees")
-    p.add_argument("--zoom", type=float, help="augment: random zoom range z (factor in [1-z, 1+z])")
-    p.add_argument("--schedule", choices=["constant", "exponential", "cosine", "onecycle", "plateau"],
-                   help="plateau: Keras's ReduceLROnPlateau on --monitor, needs a validation set")
-    p.add_argument("--lr-decay", type=float, help="exponential schedule: the factor per epoch (default 0.95)")
-    p.add_argument("--lr-factor", type=float, metavar="FACTOR", help="plateau schedule: lr *= FACTOR on a plateau "
-                   "(default 0.1)")
-    p.add_argument("--lr-patience", type=int, metavar="EPOCHS", help="plateau schedule: epochs without improvement "
-                   "before the lr drops (default 10)")
-    p.add_argument("--lr-min-delta", type=float, help="plateau schedule: a smaller change of --monitor is no "
-                   "improvement (default 1e-4)")
-    p.add_argument("--lr-cooldown", type=int, metavar="N", help="plateau schedule: Keras's cooldown, the N - 1 "
-                   "epochs after a drop are not counted (default 0)")
-    p.add_argument("--min-lr", type=float, help="plateau schedule: the lr's floor (default 0)")
-    p.add_argument("--label-smoothing", type=float, help="the cross-entropy's label smoothing, as Keras's "
-                   "label_smoothing (default 0)")
-    p.add_argument("--weight-decay", type=float, help="decoupled weight decay, w -= lr * wd * w each step, as Keras "
-                   "3's optimizers' weight_decay (default 0)")
-    p.add_argument("--ema", type=float, help="evaluate an exponential moving average of the weights (e.g. 0.999)")
-    p.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without "
-                   "improvement of --monitor (Keras's EarlyStopping); needs a validation set")
-    p.add_argument("--monitor", choices=["val_loss", "val_accuracy"], help="what --early-stopping, --restore-best "
-                   "and the plateau schedule watch (default val_loss)")
-    p.add_argument("--min-delta", type=float, help="a smaller change of --monitor is no improvement (Keras's "
-                   "EarlyStopping min_delta; default 0)")
-    p.add_argument("--restore-best", action="store_true", help="end with the best weights on --monitor")
-    _add_compute_options(p)
-    p.add_argument("--no-channels-last", action="store_true", help="keep PyTorch's default NCHW layout")
-    p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, launch each step's kernels one by one "
-                   "instead of replaying them as one CUDA graph")
-    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps")
+    add_training_flags(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last good checkpoint, "
                    "with its saved settings (--epochs, --device, --threads and --no-cuda-graph may change)")
     p.add_argument("--json", action="store_true", help=_JSON_LAST)
@@ -432,26 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="ensemble directory: ensemble.safetensors + metrics.json")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: also average 1-pixel shifts")
     p.add_argument("--train", type=int, metavar="N", help="first train N members with seeds SEED..SEED+N-1")
-    p.add_argument("--recipe", help="recipe of the trained members (default with --train: best)")
-    p.add_argument("--model", help="model of the trained members")
-    p.add_argument("--epochs", type=int, help="epochs of the trained members (default: the recipe's)")
-    p.add_argument("--seed", type=int, help="seed of the first trained member (default 0)")
-    p.add_argument("--data", help=_TRAIN_DATA)
-    p.add_argument("--limit-train", type=int, help="train the members on the first N training images")
-    p.add_argument("--val-size", type=int, help="the last N training images validate the trained members")
-    p.add_argument("--limit-test", type=int, help="evaluate members and ensemble on the first N test images")
-    _add_compute_options(p)
+    add_training_flags(p, "ensemble")
     p.add_argument("--json", action="store_true", help=_JSON_LAST)
 
     p = sub.add_parser("experiment", help="train a grid of variants over several seeds; mean and std per cell")
     p.add_argument("grid_file", metavar="GRID_FILE", help="a .toml/.json grid: [base] options + [axes] lists")
     p.add_argument("--seeds", type=int, help="seeds per cell (default: the grid's, else 3)")
     p.add_argument("--out", help="directory for runs/, results.json and results.png (default experiments/NAME)")
-    p.add_argument("--epochs", type=int, help="override every run's epochs")
-    p.add_argument("--limit-train", type=int, help="train every run on the first N training images")
-    p.add_argument("--limit-test", type=int, help="evaluate every run on the first N test images")
-    p.add_argument("--data", help=_TRAIN_DATA)
-    _add_compute_options(p)
+    add_training_flags(p, "experiment")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p = sub.add_parser("predict", help="predict the digit in your own image files (PNG, JPEG, GIF, BMP, ...)")
     p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
@@ -475,22 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
     return parser
-
-
-def _add_compute_options(p: argparse.ArgumentParser) -> None:
-    """Where and how training runs: shared by train, ensemble and experiment."""
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bfloat16 autocast where the hardware supports it")
-    p.add_argument("--threads", type=int, help="CPU threads (default: every core, shared among torchrun's local "
-                   "processes)")
-    p.add_argument("--device", help="auto, cpu or cuda")
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kernel-size", type=int, help="model option (keras-dropout): convolution kernel size")
-    p.add_argument("--filters", type=int, help="model option (deotte): the first block's filters (default 32)")
-    p.add_argument("--no-dropout", action="store_true", help="model option (keras-dropout, deotte): leave out "
-                   "dropout")
 
 
 # how `mnist-cnn models` names each model option: the flag that sets it
@@ -524,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     except MnistCnnError as e:
         if args.debug:
             raise
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # one line, even for a path with a newline
+        message = e.as_flags(flag_name) if isinstance(e, OptionError) else str(e)  # options named as flags
+        print("error: " + " ".join(message.splitlines()), file=sys.stderr)  # one line, even for a path with a newline
         return 128 + e.signum if isinstance(e, TrainingInterrupted) else 2  # the shell's 130 (Ctrl-C) or 143 (SIGTERM)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -33,7 +33,7 @@ from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
 from .runs import ENSEMBLE_FILE, Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_json, save_tensors
 from .spec import parse_spec
-from .zoo import get_spec
+from .training.config import PLACEMENT
 
 # (dx, dy) in pixels: the image itself and one-pixel shifts in the four directions
 DEFAULT_SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
@@ -352,18 +352,18 @@ def train_members(config: Any, n: int, *, data: MnistData | None = None, out: st
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("out", "verbose", "threads", "device")}
+    return {k: v for k, v in config.items() if k not in ("out", "verbose", *PLACEMENT)}
 
 
 def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[[str], None] = print) -> Run:
     """The run in config.out if it was trained with this very config (resumed if it was interrupted), else a fresh
     training there: the folder belongs to the ensemble or experiment, so an older config's run is replaced."""
-    from .train import train  # training is only needed here; keep `import ensemble` light
+    from .training import train  # training is only needed here; keep `import ensemble` light
 
     out = Path(config.out) if config.out else None
     resume = None
     if out is not None and (out / "config.json").exists():
-        spec = get_spec(config.model, **config.model_options).to_dict()  # a spec file may have been edited since
+        spec = config.model_spec().to_dict()  # a spec file may have been edited since
         if (_comparable(read_json(out / "config.json", {})) == _comparable(config.to_dict())
                 and read_json(out / "spec.json", {}) == spec):
             if (out / "metrics.json").exists() and (out / "model.safetensors").exists():

@@ -33,7 +33,7 @@ from .atomic import atomic_write_bytes, atomic_write_json, make_dir
 from .data import MnistData, load_mnist
 from .documents import read_document
 from .errors import MnistCnnError, TrainingInterrupted
-from .optim import improved
+from .training.optim import improved
 
 
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def cell_folders(grid_cells: list[dict[str, Any]]) -> list[str]:
 def make_cell_config(grid: dict[str, Any], cell: dict[str, Any], seed: int, out: str | None = None,
                      overrides: dict[str, Any] | None = None, source: str = "grid"):
     """The TrainConfig of one run: base, then the cell's values, then `overrides` (e.g. epochs from the CLI)."""
-    from .train import make_config
+    from .training import make_config
     from .zoo import get_spec
 
     options = json.loads(json.dumps(grid["base"]))  # a deep copy

@@ -19,10 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import MnistCnnError
-
-DEFAULT_LR = {"rmsprop": 1e-3, "adam": 1e-3, "sgd": 1e-2}
-SCHEDULES = ("constant", "exponential", "cosine", "onecycle", "plateau")
+from ..errors import MnistCnnError
+from .config import DEFAULT_LR, SCHEDULES
 
 
 class KerasRMSprop(torch.optim.Optimizer):

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 
 from .atomic import atomic_write_json, make_dir
 from .augment import Augment, affine_matrices, apply_affine
-from .data import MnistData, load_mnist, recorded_path, split_validation, to_float
+from .data import MnistData, load_mnist, recorded_path, split_validation
 from .errors import MnistCnnError, TrainingInterrupted
-from .evaluate import evaluate, loss_and_accuracy, predict_logits
+from .evaluation import evaluate, loss_and_accuracy, predict_logits
+from .inputs import to_float
 from .models import build_model, default_memory_format
 from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, improved, learning_rate, make_optimizer, plateau_lr
 from .runs import (Run, has_trained, latest_checkpoint, load_weights, read_json, remove_run_files,

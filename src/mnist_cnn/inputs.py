@@ -48,18 +48,20 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
         raise InputError("shape", f"{name} is not a rectangular array: expected images {LAYOUTS}") from None
     if a.dtype.kind not in "iuf":  # strings, booleans, objects, None
         raise InputError("dtype", f"{name} has dtype {a.dtype}: expected integers 0..255 or floats in [0, 1]")
-    return torch.from_numpy(np.ascontiguousarray(a))
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())  # a Pillow image's array is read-only
 
 
 def _nchw(x: torch.Tensor, name: str, size: tuple[int, int] | None) -> torch.Tensor:
     """The images as [N, 1, H, W] (a view where it can be)."""
+    given = list(x.shape)
     if x.ndim == 4 and x.shape[1] != 1 and x.shape[3] == 1:  # Keras's NHWC
         x = x.permute(0, 3, 1, 2)
     elif x.ndim in (2, 3):
         x = x.reshape(-1, 1, *x.shape[-2:])
     if x.ndim != 4 or x.shape[1] != 1 or (size is not None and tuple(x.shape[2:]) != size):
         hw = f"{size[0]}x{size[1]} " if size is not None else ""
-        raise InputError("shape", f"{name} has shape {list(x.shape)}: expected {hw}images {LAYOUTS}")
+        raise InputError("shape", f"{name} has shape {given}: expected {hw}images {LAYOUTS}")
     return x
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from .atomic import atomic_write_bytes
 from .errors import MnistCnnError
 from .evaluation import predict_logits
-from .inputs import as_model_input
+from .inputs import InputError, as_model_input
 from .preprocess import ImageError, ImageSource, image_name, is_pil_image, load_image
 from .sources import Openable, open_model
 
@@ -42,7 +42,11 @@ def predict_arrays(run: Openable, images: Any) -> list[dict[str, Any]]:
     [N, 28, 28], [28, 28], [N, 1, 28, 28] or [N, 28, 28, 1]; integers 0..255 or floats in [0, 1]. For a photo or
     drawing of any size, use predict_files."""
     model = open_model(run).model
-    x = as_model_input(images, name="images", size=getattr(model, "input_size", None) or (28, 28))
+    try:
+        x = as_model_input(images, name="images", size=getattr(model, "input_size", None) or (28, 28))
+    except InputError as e:
+        hint = "; for a photo or drawing of any size, use predict_files" if e.problem == "shape" else ""
+        raise InputError(e.problem, f"{e}{hint}") from None
     return [describe(p) for p in predict_proba(model, x)]
 
 

@@ -109,6 +109,8 @@ def open_model(source: Openable) -> ModelSource:
 
 def open_run(source: Openable) -> Run:
     """`open_model` for what shows one trained model with its spec and history (report, explain): not an ensemble."""
+    if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
+        raise MnistCnnError(f"{source} does not exist: expected a run directory or its model.safetensors")
     opened = open_model(source)
     if isinstance(opened, EnsembleRun):
         raise MnistCnnError(f"{opened.source} is an ensemble directory, not a run directory: evaluate, predict, export "

@@ -27,8 +27,8 @@ from mnist_cnn.data import (
     write_idx,
     write_npz,
 )
-from mnist_cnn.inputs import to_float
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.inputs import to_float
 
 
 def small_set(n_train: int = 12, n_test: int = 5, seed: int = 0) -> dict[str, np.ndarray]:

@@ -59,7 +59,8 @@ def test_evaluate_takes_a_run_or_model_and_images_as_mnist_holds_them_and_refuse
                           ((trained_run.model, x[:0], y[:0]), r"0 labels for 0 images: expected as many, and at least"),
                           ((trained_run.model, x, y + 1), r"labels must be 0\.\.9, got values in \[1, 10\]"),
                           ((str(trained_run.path), x, y), r"expected a model \(a torch nn\.Module, e\.g\. run\.model\) "
-                                                          r"or a Run; a run directory's path is read with mnist_cnn\.sources"),
+                                                          r"or a Run; a run directory's path is read with "
+                                                          r"mnist_cnn\.sources"),
                           ((trained_run.model, np.eye(10)[y.numpy()], y), r"x has shape \[200, 10\]: expected 28x28")]:
         with pytest.raises(MnistCnnError, match=message):
             evaluate(*args)

@@ -29,7 +29,7 @@ def test_one_image_and_a_pillow_image_are_a_batch_of_one():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (PIXELS.astype(np.float32), r"^pixels: float images must be in \[0, 1\], got values in \[0, 255\]: divide 0\.\.255"),
+    (PIXELS.astype(np.float32), r"^pixels: float images must be in \[0, 1\], got values in \[0, 255\]: divide"),
     (np.full((28, 28), np.nan), r"^pixels: float images must be in \[0, 1\], got values in \[nan, nan\]$"),
     (np.full((28, 28), np.inf), r"^pixels: float images must be in \[0, 1\], got values in \[inf, inf\]$"),
     (np.full((28, 28), 1 + 1e-9), r"got values in \[1\.000000001, 1\.000000001\]"),  # float64, checked unrounded

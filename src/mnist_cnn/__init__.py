@@ -13,7 +13,7 @@ import importlib.util
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from .errors import MnistCnnError
+from .errors import MnistCnnError  # noqa: F401  (public, in PUBLIC)
 
 try:
     __version__ = version("mnist-cnn")  # pyproject.toml's version is the only one
@@ -52,13 +52,13 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *PUBLIC})
 
 
-if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names come from __getattr__ and PUBLIC
-    from .data import MnistData, load_mnist, split_validation
-    from .evaluation import evaluate, format_metrics, predict_logits
-    from .inputs import as_labels, as_model_input, to_float
-    from .models import build_model, count_params, layer_table, summary
-    from .runs import Run, load_run
-    from .sources import ModelSource, open_model
-    from .spec import Layer, ModelSpec, load_spec, parse_spec
-    from .train import TrainConfig, make_config, train
-    from .zoo import MODELS, RECIPES, get_spec
+if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names come from __getattr__
+    from .data import MnistData, load_mnist, split_validation  # noqa: F401
+    from .evaluation import evaluate, format_metrics, predict_logits  # noqa: F401
+    from .inputs import as_labels, as_model_input, to_float  # noqa: F401
+    from .models import build_model, count_params, layer_table, summary  # noqa: F401
+    from .runs import Run, load_run  # noqa: F401
+    from .sources import ModelSource, open_model  # noqa: F401
+    from .spec import Layer, ModelSpec, load_spec, parse_spec  # noqa: F401
+    from .train import TrainConfig, make_config, train  # noqa: F401
+    from .zoo import MODELS, RECIPES, get_spec  # noqa: F401

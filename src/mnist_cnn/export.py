@@ -87,7 +87,7 @@ def _resolve(source: Openable) -> tuple[SpecModel | EnsembleModel, dict[str, Any
         raise MnistCnnError(f"cannot export {type(model).__name__}: expected a run or ensemble (its directory, "
                             "a Run or an EnsembleRun), a SpecModel or an EnsembleModel")
     # "spec" is the architecture; an ensemble's is its members' specs, TTA shifts and how they combine
-    meta = {"name": model.name, "spec": model.describe()}
+    meta: dict[str, Any] = {"name": model.name, "spec": model.describe()}
     if opened.path is not None:
         meta.update(run=opened.path.name, test_accuracy=opened.metrics.get("accuracy"))
     return copy.deepcopy(model).cpu().eval(), meta, opened  # a copy: the caller's model keeps its device and mode

@@ -17,6 +17,8 @@ from mnist_cnn.ensemble import (
     ensemble_of,
     ensemble_runs,
     evaluate_ensemble,
+    member_config,
+    members_data,
     load_ensemble,
     load_ensemble_model,
     reuse_or_train,
@@ -142,6 +144,16 @@ def test_a_run_loaded_once_serves_every_api_as_its_directory_does(members):
     with pytest.raises(MnistCnnError, match=r"expected a model \(a torch nn.Module, e.g. run.model\), a Run or an "
                                             r"EnsembleRun, or a run or ensemble directory, got dict"):
         open_model({"model": "keras-basic"})
+
+
+def test_python_gets_the_cli_ensemble_checks_and_default_recipe(members):
+    _, _, runs = members
+    other = dataclasses.replace(runs[1], config={**runs[1].config, "data": "elsewhere.npz"})
+    for refused in (lambda: members_data([runs[0], other]), lambda: evaluate_ensemble([runs[0], other])):
+        with pytest.raises(MnistCnnError, match=r"^the runs were trained on different data \(elsewhere\.npz, the "
+                                                r"bundled MNIST\); ensemble runs of one data set"):
+            refused()
+    assert member_config(epochs=1).recipe == "best" and member_config(model="mlp", epochs=1).recipe is None
 
 
 def test_cli_ensemble_writes_a_loadable_dir(members, mnist, tmp_path, capsys):

@@ -23,12 +23,12 @@ from mnist_cnn.data import (
     read_idx,
     read_npz,
     split_validation,
-    to_float,
     verify_bundled,
     write_idx,
     write_npz,
 )
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.inputs import to_float
 
 
 def small_set(n_train: int = 12, n_test: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
@@ -265,23 +265,6 @@ def test_invalid_splits_name_the_value(kwargs, message):
 def test_split_needs_as_many_labels_as_images():
     with pytest.raises(MnistCnnError, match="9 labels for 10 images"):
         split_validation(torch.zeros(10, 28, 28), torch.zeros(9), val_size=1)
-
-
-# ---------------------------------------------------------------- the model input format
-
-def test_to_float_makes_the_model_input_format():
-    x = torch.tensor([[[0, 255], [51, 102]]], dtype=torch.uint8)
-    out = to_float(x)
-    assert out.dtype == torch.float32 and out.shape == (1, 1, 2, 2)
-    assert out.flatten().tolist() == pytest.approx([0.0, 1.0, 0.2, 0.4])
-    assert to_float(np.zeros((3, 28, 28), dtype=np.uint8)).shape == (3, 1, 28, 28)
-
-
-def test_to_float_refuses_anything_but_uint8_images():
-    with pytest.raises(MnistCnnError, match=r"to_float expects uint8 images \[N, H, W\], got torch.float32"):
-        to_float(torch.zeros(2, 28, 28))
-    with pytest.raises(MnistCnnError, match=r"shape \(2, 1, 28, 28\)"):
-        to_float(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
 
 
 # ---------------------------------------------------------------- bad files: one clear line each

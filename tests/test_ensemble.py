@@ -17,16 +17,17 @@ from mnist_cnn.ensemble import (
     ensemble_of,
     ensemble_runs,
     evaluate_ensemble,
+    member_config,
+    members_data,
     load_ensemble,
     load_ensemble_model,
-    load_model,
-    model_of,
     reuse_or_train,
     save_ensemble,
     shift_images,
     train_members,
 )
 from mnist_cnn.runs import Run, save_weights
+from mnist_cnn.sources import open_model
 
 
 def _model(name="keras-basic", seed=0):
@@ -67,7 +68,7 @@ def test_save_load_round_trip_is_exact(tmp_path, x):
     loaded = load_ensemble_model(tmp_path / "ens")
     assert loaded.shifts == DEFAULT_SHIFTS and loaded.sources == ["a", "b", "c"]
     assert torch.equal(loaded.predict_proba(x), ens.predict_proba(x))
-    opened = load_model(tmp_path / "ens")
+    opened = open_model(tmp_path / "ens")
     assert opened.name.startswith("ensemble-3x") and torch.equal(opened.predict_proba(x), ens.predict_proba(x))
 
 
@@ -138,13 +139,21 @@ def test_weights_files_side_by_side_are_different_members(members, tmp_path):
 
 def test_a_run_loaded_once_serves_every_api_as_its_directory_does(members):
     _, _, runs = members
-    assert load_model(runs[0]) is runs[0] and model_of(runs[0]) is runs[0].model
-    assert model_of(runs[0].model) is runs[0].model and model_of(runs[0].path).name == "keras-basic"
-    with pytest.raises(MnistCnnError, match=r"expected a run or ensemble directory, a Run or an EnsembleRun, got dict"):
-        load_model({"model": "keras-basic"})
+    assert open_model(runs[0]) is runs[0] and open_model(runs[0].model).model is runs[0].model
+    assert open_model(runs[0].path).name == "keras-basic"
     with pytest.raises(MnistCnnError, match=r"expected a model \(a torch nn.Module, e.g. run.model\), a Run or an "
                                             r"EnsembleRun, or a run or ensemble directory, got dict"):
-        model_of({"model": "keras-basic"})
+        open_model({"model": "keras-basic"})
+
+
+def test_python_gets_the_cli_ensemble_checks_and_default_recipe(members):
+    _, _, runs = members
+    other = dataclasses.replace(runs[1], config={**runs[1].config, "data": "elsewhere.npz"})
+    for refused in (lambda: members_data([runs[0], other]), lambda: evaluate_ensemble([runs[0], other])):
+        with pytest.raises(MnistCnnError, match=r"^the runs were trained on different data \(elsewhere\.npz, the "
+                                                r"bundled MNIST\); ensemble runs of one data set"):
+            refused()
+    assert member_config(epochs=1).recipe == "best" and member_config(model="mlp", epochs=1).recipe is None
 
 
 def test_cli_ensemble_writes_a_loadable_dir(members, mnist, tmp_path, capsys):
@@ -254,13 +263,12 @@ def test_an_ensemble_directory_is_evaluated_and_predicted_like_a_run(members, en
     assert evaluated["accuracy"] == saved["accuracy"] and evaluated["confusion"] == saved["confusion"]
     from PIL import Image
 
-    from mnist_cnn.predict import to_model_input
     from mnist_cnn.preprocess import load_image
 
     Image.fromarray(mnist.x_test[0].numpy()).resize((112, 112)).save(tmp_path / "digit.png")
     assert main(["predict", str(ensemble_dir), "digit.png", "--json"]) == 0
     predicted = json.loads(capsys.readouterr().out)[0]
-    expected = load_ensemble(ensemble_dir).predict_proba(to_model_input(load_image("digit.png")[None]))[0]
+    expected = load_ensemble(ensemble_dir).predict_proba(load_image("digit.png"))[0]
     assert np.allclose(predicted["probabilities"], expected.numpy(), atol=1e-6)
     assert predicted["digit"] == int(expected.argmax())  # members of 500 images at 45%: parity, not accuracy
     broken = tmp_path / "broken"  # an ensemble folder that lost its weights file is still named as an ensemble

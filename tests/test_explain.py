@@ -227,11 +227,10 @@ def test_one_digit_pictures_refuse_what_is_not_one_digit(trained_run, mnist):
     maps = feature_maps(trained_run.model, digit)
     same = feature_maps(trained_run.model, digit.numpy()[None, None] / 255.0)  # the model's input form, as numpy
     assert all(np.allclose(maps[k], same[k], atol=1e-5) for k in maps)
-    for bad, message in [(mnist.x_test[:2], r"expected one digit: uint8 \[28, 28\] .*got torch\.uint8 of shape "
-                                            r"\(2, 28, 28\)"),
-                         (np.zeros((32, 32), np.uint8), r"got torch\.uint8 of shape \(32, 32\)"),
-                         (digit.float(), r"a float digit must be in \[0, 1\], got values in \[0, 255\]"),
-                         (torch.full((28, 28), float("nan")), r"a float digit must be in \[0, 1\], got .*nan")]:
+    for bad, message in [(mnist.x_test[:2], r"image: expected one digit, got 2 images"),
+                         (np.zeros((32, 32), np.uint8), r"image has shape \[32, 32\]: expected 28x28 images"),
+                         (digit.float(), r"image: float images must be in \[0, 1\], got values in \[0, 255\]"),
+                         (torch.full((28, 28), float("nan")), r"image: float images must be in \[0, 1\], got .*nan")]:
         for picture in (feature_maps, saliency):
             with pytest.raises(MnistCnnError, match=message):
                 picture(trained_run.model, bad)

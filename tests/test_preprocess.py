@@ -195,8 +195,9 @@ def test_predict_arrays_takes_bytes_or_unit_floats_in_either_layout_and_refuses_
                          (np.full((28, 28), 300), r"integer images must be 0..255, got values in \[300, 300\]"),
                          (np.full((28, 28), np.nan), r"float images must be in \[0, 1\]"),
                          (np.full((28, 28), 1 + 1e-9), r"got values in \[1.000000001, 1.000000001\]"),  # not rounded
-                         (np.zeros((3, 2, 28, 28)), r"expected images of shape \[N, 28, 28\], got \[3, 2, 28, 28\]$"),
-                         (np.zeros((5, 784)), r"got \[5, 784\]; for a photo or drawing of any size, use predict_files")]:
+                         (np.zeros((3, 2, 28, 28)), r"images has shape \[3, 2, 28, 28\]: expected 28x28 images"),
+                         (np.zeros((5, 784)), r"images has shape \[5, 784\]: expected 28x28 images .*; for a photo or "
+                                              r"drawing of any size, use predict_files$")]:
         with pytest.raises(MnistCnnError, match=message):
             predict_arrays(trained_run, bad)
 

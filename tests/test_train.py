@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mnist_cnn import MnistCnnError, load_run, make_config, predict_logits, train
-from mnist_cnn.evaluate import loss_and_accuracy
+from mnist_cnn.evaluation import loss_and_accuracy
 from mnist_cnn.runs import load_tensors, load_weights
 from mnist_cnn.training.optim import KerasRMSprop, learning_rate, plateau_lr
 

@@ -10,35 +10,36 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
-import types
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from .errors import MnistCnnError
+from .errors import MnistCnnError  # noqa: F401  (public, in PUBLIC)
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("mnist-cnn")  # pyproject.toml's version is the only one
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "(not installed)"
 
-_HOMES = {
-    "data": ("MnistData", "load_mnist", "split_validation", "to_float"),
-    "evaluate": ("evaluate", "format_metrics", "predict_logits"),
-    "models": ("build_model", "count_params", "layer_table", "summary"),
-    "runs": ("Run", "load_run"),
-    "spec": ("Layer", "ModelSpec", "load_spec", "parse_spec"),
-    "training": ("TrainConfig", "make_config", "train"),
-    "zoo": ("MODELS", "RECIPES", "get_spec"),
+# Every public name and the module it lives in: __all__, the lazy imports and dir() all come from here.
+PUBLIC: dict[str, str] = {
+    "MnistCnnError": "errors",
+    "MnistData": "data", "load_mnist": "data", "split_validation": "data",
+    "as_labels": "inputs", "as_model_input": "inputs", "to_float": "inputs",
+    "evaluate": "evaluation", "format_metrics": "evaluation", "predict_logits": "evaluation",
+    "build_model": "models", "count_params": "models", "layer_table": "models", "summary": "models",
+    "Run": "runs", "load_run": "runs",
+    "ModelSource": "sources", "open_model": "sources",
+    "Layer": "spec", "ModelSpec": "spec", "load_spec": "spec", "parse_spec": "spec",
+    "TrainConfig": "training", "make_config": "training", "train": "training",
+    "MODELS": "zoo", "RECIPES": "zoo", "get_spec": "zoo",
 }
-_HOME = {name: module for module, names in _HOMES.items() for name in names}
 
-__all__ = [
-    "MODELS", "RECIPES", "Layer", "MnistCnnError", "MnistData", "ModelSpec", "Run", "TrainConfig", "build_model",
-    "count_params", "evaluate", "format_metrics", "get_spec", "layer_table", "load_mnist", "load_run", "load_spec",
-    "make_config", "parse_spec", "predict_logits", "split_validation", "summary", "to_float", "train",
-]
+__all__ = sorted(PUBLIC)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    if name in PUBLIC:
+        value = getattr(importlib.import_module(f".{PUBLIC[name]}", __name__), name)
         globals()[name] = value  # the next lookup is an ordinary one
         return value
     if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: mnist_cnn.runs.load_weights
@@ -47,24 +48,16 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOME})
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        # importing the module mnist_cnn.train (or .evaluate) sets it on the package: the function keeps the name
-        if not (isinstance(value, types.ModuleType) and name in _HOME):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+    return sorted({*globals(), *PUBLIC})
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names come from __getattr__
-    from .data import MnistData, load_mnist, split_validation, to_float
-    from .evaluate import evaluate, format_metrics, predict_logits
-    from .models import build_model, count_params, layer_table, summary
-    from .runs import Run, load_run
-    from .spec import Layer, ModelSpec, load_spec, parse_spec
-    from .training import TrainConfig, make_config, train
-    from .zoo import MODELS, RECIPES, get_spec
+    from .data import MnistData, load_mnist, split_validation  # noqa: F401
+    from .evaluation import evaluate, format_metrics, predict_logits  # noqa: F401
+    from .inputs import as_labels, as_model_input, to_float  # noqa: F401
+    from .models import build_model, count_params, layer_table, summary  # noqa: F401
+    from .runs import Run, load_run  # noqa: F401
+    from .sources import ModelSource, open_model  # noqa: F401
+    from .spec import Layer, ModelSpec, load_spec, parse_spec  # noqa: F401
+    from .training import TrainConfig, make_config, train  # noqa: F401
+    from .zoo import MODELS, RECIPES, get_spec  # noqa: F401

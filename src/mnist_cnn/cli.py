@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any, Callable, TextIO
 
+from . import __version__
 from .errors import MnistCnnError, TrainingInterrupted
 from .flags import PLACEMENT_DESTS, TRAIN_DESTS, add_model_options, add_training_flags, config_options, flag_name
 from .flags import model_options as _model_options
@@ -150,11 +151,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 @command
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .ensemble import load_model
-    from .evaluate import evaluate, format_metrics
+    from .evaluation import evaluate, format_metrics
     from .runs import run_data
+    from .sources import open_model
 
-    run = load_model(args.run_dir)
+    run = open_model(args.run_dir)
     data = run_data(run, args.data)
     # by default the run's own test set, as train and report measured it; --data or --limit-test choose another
     limit = args.limit_test or (None if args.data else run.config.get("limit_test"))
@@ -186,8 +187,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 @command
 def cmd_ensemble(args: argparse.Namespace) -> None:
-    from .data import load_mnist
-    from .ensemble import check_ensemble_out, evaluate_ensemble, train_members, write_ensemble
+    from .ensemble import (check_ensemble_out, evaluate_ensemble, member_config, members_data, train_members,
+                           write_ensemble)
     from .runs import load_run
 
     log = _log_to(sys.stderr if args.json else sys.stdout)
@@ -197,22 +198,9 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     if given:
         raise MnistCnnError(f"{given[0]} is for the members that --train N trains; finished runs keep their own")
     runs = [load_run(d) for d in args.run_dirs]
-    sources = {run.config.get("data") for run in runs}
-    if len(sources) > 1 and not args.data:  # members of one ensemble answer the same question
-        names = sorted(str(source or "the bundled MNIST") for source in sources)
-        raise MnistCnnError(f"the runs were trained on different data ({', '.join(names)}); "
-                            f"ensemble runs of one data set, or name the test data with --data")
-    data_path = args.data or next(iter(sources), None)
-    try:
-        data = load_mnist(data_path)
-    except MnistCnnError as e:
-        raise MnistCnnError(f"{e}{'' if args.data else '; the runs were trained on it: give --data where it is now'}"
-                            ) from None
+    data_path, data = members_data(runs, args.data)
     if args.train:
-        from .training import make_config
-
-        recipe = args.recipe or (None if args.model else "best")
-        config = make_config(**{**config_options(args, "ensemble"), "recipe": recipe, "data": data_path})
+        config = member_config(**{**config_options(args, "ensemble"), "data": data_path})
         runs += train_members(config, args.train, data=data, out=args.out, log=log)
     if not runs:
         raise MnistCnnError("give RUN_DIR arguments, --train N, or both")
@@ -255,18 +243,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 @command
 def cmd_export(args: argparse.Namespace) -> None:
-    from .ensemble import load_model
-    from .export import check_parity, export_model, format_for
-    from .runs import run_data
+    from .export import export_checked, format_for
 
-    run = load_model(args.run_dir)
-    fmt = format_for(args.out, args.format)
-    path = export_model(run, fmt, args.out)
-    images = run_data(run, args.data).x_test[:1000]  # the run's own test set
-    diff = check_parity(run, path, images, fmt)
+    path, diff, count = export_checked(args.run_dir, args.out, args.format, data=args.data)  # the run's own test set
     if args.json:
-        return _print_json({"path": str(path), "format": fmt, "max_abs_diff_1000_test_images": diff})
-    print(f"wrote {path}; max abs difference from PyTorch on {len(images):,} test images: {diff:.2e}")
+        return _print_json({"path": str(path), "format": format_for(path, args.format),
+                            "max_abs_diff_1000_test_images": diff})
+    print(f"wrote {path}; max abs difference from PyTorch on {count:,} test images: {diff:.2e}")
 
 
 @command
@@ -290,20 +273,11 @@ def _add_data_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="the test set (IDX folder or .npz; default: the data the run was trained on)")
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mnist-cnn")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "(not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-cnn", description="Train, evaluate, explain, export and serve "
                                      "CNNs on MNIST and other 28x28 grayscale image sets.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
-    parser.add_argument("--version", action="version", version=f"mnist-cnn {_version()}")
+    parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the named architectures and their tutorial recipes")

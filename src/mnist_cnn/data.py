@@ -1,7 +1,7 @@
 """MNIST-style data: IDX and npz files in and out, the bundled copy, validation splits.
 
-Images travel as uint8 tensors [N, 28, 28] and labels as int64 tensors [N]; `to_float` turns
-images into THE model input format, float32 [N, 1, 28, 28] in [0, 1]. Every file is untrusted:
+Images travel as uint8 tensors [N, 28, 28] and labels as int64 tensors [N]; what a model takes is
+decided in `mnist_cnn.inputs` (`to_float`, `as_model_input`). Every file is untrusted:
 each problem becomes one `MnistCnnError` line naming the file, and no header is believed before
 the bytes behind it have been seen.
 """
@@ -446,26 +446,3 @@ def split_validation(
             raise MnistCnnError(f"val_size={val_size!r}: expected a whole number from 0 to {n - 1}")
         split_at = n - int(val_size)
     return x[:split_at], y[:split_at], x[split_at:], y[split_at:]
-
-
-def to_float(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 images [N, H, W] -> float32 [N, 1, H, W] in [0, 1], the model input format."""
-    x = torch.as_tensor(x)
-    if x.dtype != torch.uint8 or x.ndim != 3:
-        raise MnistCnnError(f"to_float expects uint8 images [N, H, W], "
-                            f"got {x.dtype} of shape {tuple(x.shape)}")
-    return x.unsqueeze(1).to(torch.float32).div_(255.0)
-
-
-def check_unit_range(x: torch.Tensor, what: str = "float images") -> None:
-    """Refuse float pixels outside [0, 1], NaN included: 0..255 floats would be scored as nonsense, not refused."""
-    low, high = (x.min().item(), x.max().item()) if x.numel() else (0.0, 0.0)  # NaN comes out as min and max
-    if not (0 <= low and high <= 1):
-        raise MnistCnnError(f"{what} must be in [0, 1], got values in [{low:.10g}, {high:.10g}]"
-                            f"{': divide 0..255 pixels by 255' if high > 1 else ''}")
-
-
-def model_input(x: torch.Tensor) -> torch.Tensor:
-    """Images as a model takes them: uint8 [N, H, W] (as MnistData holds them) made float [N, 1, H, W] in [0, 1];
-    anything else is passed on as it is."""
-    return to_float(x) if x.dtype == torch.uint8 and x.ndim == 3 else x

@@ -20,16 +20,17 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_write_json, make_dir
-from .data import MnistData, load_mnist, model_input, recorded_path, split_validation
+from .data import MnistData, load_mnist, recorded_path, split_validation
 from .errors import MnistCnnError, TrainingInterrupted
-from .evaluate import evaluate, metrics_from_logits, predict_logits
+from .evaluation import evaluate, metrics_from_logits, predict_logits
+from .inputs import as_model_input
 from .models import SpecModel, build_model, count_params
 from .runs import ENSEMBLE_FILE, Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_json, save_tensors
 from .spec import parse_spec
@@ -119,10 +120,14 @@ class EnsembleModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return log_probabilities(self.probabilities(x))
 
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return self.members[0].input_size
+
     @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Like SpecModel.predict_proba: float [N, 1, 28, 28] in [0, 1], or uint8 [N, 28, 28]."""
-        return self.probabilities(model_input(x))
+    def predict_proba(self, x: Any) -> torch.Tensor:
+        """Like SpecModel.predict_proba: images in any form `inputs.as_model_input` accepts."""
+        return self.probabilities(as_model_input(x, size=self.input_size))
 
     def describe(self) -> dict[str, Any]:
         return {"members": [{"spec": m.spec.to_dict(), "source": s} for m, s in zip(self.members, self.sources)],
@@ -193,6 +198,12 @@ class EnsembleRun:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    file: Path | None = None  # the ensemble file, when it was opened by its path rather than its directory
+
+    @property
+    def source(self) -> Path:
+        """What the ensemble was opened from: its directory, or the file."""
+        return self.file or self.path
 
     @property
     def name(self) -> str:
@@ -211,35 +222,8 @@ def load_ensemble(path: str | os.PathLike) -> EnsembleRun:
     path = Path(path)
     base = path if path.is_dir() else path.parent
     model = load_ensemble_model(path)
-    return EnsembleRun(base, model, read_json(base / "config.json", {}), read_json(base / "metrics.json", {}))
-
-
-RunLike = Union[Run, "EnsembleRun", SpecModel, "EnsembleModel", str, "os.PathLike[str]"]
-
-
-def load_model(source: Run | EnsembleRun | str | os.PathLike) -> Run | EnsembleRun:
-    """The run or ensemble that a directory (or ensemble file) holds; one already loaded is returned as it is."""
-    if isinstance(source, (Run, EnsembleRun)):
-        return source
-    if not isinstance(source, (str, os.PathLike)):
-        raise MnistCnnError(f"expected a run or ensemble directory, a Run or an EnsembleRun, got "
-                            f"{type(source).__name__}")
-    p = Path(source)
-    if not p.exists():
-        raise MnistCnnError(f"{p} does not exist: expected a run or ensemble directory (or its .safetensors file)")
-    if (p.is_dir() and (p / ENSEMBLE_FILE).exists()) or p.name == ENSEMBLE_FILE:
-        return load_ensemble(p)
-    return load_run(p)
-
-
-def model_of(source: RunLike | nn.Module) -> nn.Module:
-    """The model itself (any torch module), or the model of a run or ensemble (or of its directory)."""
-    if isinstance(source, nn.Module):
-        return source
-    if not isinstance(source, (Run, EnsembleRun, str, os.PathLike)):
-        raise MnistCnnError(f"expected a model (a torch nn.Module, e.g. run.model), a Run or an EnsembleRun, or a "
-                            f"run or ensemble directory, got {type(source).__name__}")
-    return load_model(source).model
+    return EnsembleRun(base, model, read_json(base / "config.json", {}), read_json(base / "metrics.json", {}),
+                       file=None if path.is_dir() else path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -266,7 +250,7 @@ def evaluate_ensemble(runs: Sequence[Run], *, tta: bool = False, data: MnistData
     validation split: that, not the test set, is where to decide whether TTA is worth it.
     """
     _check_members(runs)
-    data = data if data is not None else load_mnist(runs[0].config.get("data"))
+    data = data if data is not None else members_data(runs)[1]
     x_test, y_test = data.x_test[:limit_test], data.y_test[:limit_test]
     plain = ensemble_of([r.model for r in runs], False, _sources(runs))
     model = plain.with_shifts(DEFAULT_SHIFTS) if tta else plain
@@ -329,6 +313,33 @@ def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[s
                                             "data": None if data is None else recorded_path(data),
                                             "limit_test": limit_test})
     return out
+
+
+def members_data(runs: Sequence[Run], data: str | os.PathLike | None = None) -> tuple[str | os.PathLike | None,
+                                                                                 MnistData]:
+    """(its path, the data set) the members are measured on: `data` if given, else the one they were trained on.
+    Runs trained on different data are refused unless `data` names the test set: one ensemble, one question."""
+    sources = {run.config.get("data") for run in runs}
+    if len(sources) > 1 and not data:
+        names = sorted(str(source or "the bundled MNIST") for source in sources)
+        raise MnistCnnError(f"the runs were trained on different data ({', '.join(names)}); "
+                            f"ensemble runs of one data set, or name the test data with --data")
+    path = data or next(iter(sources), None)
+    try:
+        return path, load_mnist(path)
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{e}{'' if data else '; the runs were trained on it: give --data where it is now'}"
+                            ) from None
+
+
+DEFAULT_MEMBER_RECIPE = "best"
+
+
+def member_config(*, model: str | None = None, recipe: str | None = None, **options: Any) -> Any:
+    """The TrainConfig of members trained for an ensemble: the "best" recipe unless a model or recipe is named."""
+    from .training import make_config  # training is only needed here; keep `import ensemble` light
+
+    return make_config(model=model, recipe=recipe or (None if model else DEFAULT_MEMBER_RECIPE), **options)
 
 
 def train_members(config: Any, n: int, *, data: MnistData | None = None, out: str | os.PathLike | None = None,

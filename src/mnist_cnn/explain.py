@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_write_bytes
-from .data import MnistData, check_unit_range, to_float
+from .data import MnistData
 from .errors import MnistCnnError
+from .inputs import as_model_input
 from .models import SpecModel, device_of, evaluating, layer_table
-from .runs import Run, load_run, run_data
+from .runs import Run, run_data
+from .sources import open_run
 from .spec import ModelSpec
 
 DPI = 100
@@ -63,14 +65,11 @@ def _finish(fig: Any, path: str | os.PathLike | None) -> bytes:
 
 
 def _as_input(image: Digit) -> torch.Tensor:
-    """One digit, uint8 [28, 28] or floats in [0, 1] ([28, 28] or [1, 1, 28, 28]), as the model's input."""
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).squeeze()
-    if x.shape != (28, 28) or not (x.dtype == torch.uint8 or x.is_floating_point()):
-        raise MnistCnnError(f"expected one digit: uint8 [28, 28] or floats in [0, 1], got {x.dtype} of shape "
-                            f"{tuple(torch.as_tensor(image).shape)}")
-    if x.is_floating_point():
-        check_unit_range(x, "a float digit")
-    return to_float(x[None]) if x.dtype == torch.uint8 else x.reshape(1, 1, 28, 28).float()
+    """One digit (any form `inputs.as_model_input` accepts: [28, 28], [1, 1, 28, 28], ...) as the model's input."""
+    x = as_model_input(image, name="image", size=(28, 28))
+    if len(x) != 1:
+        raise MnistCnnError(f"image: expected one digit, got {len(x)} images")
+    return x
 
 
 def _show_digit(ax: Any, image: Digit, title: str = "") -> None:
@@ -369,10 +368,10 @@ def explain(run_dir: str | os.PathLike, index: int | None = None, image: str | o
             out_dir: str | os.PathLike | None = None, *, data: MnistData | None = None) -> list[Path]:
     """Pictures of one digit (test `index` or an `image` file) going through a run's model: saliency,
     the edge-filter demo and, for a convnet, feature maps. Written to out_dir (default RUN_DIR/explain)."""
-    run = load_run(run_dir)
+    run = open_run(run_dir)
     digit, stem, caption = _digit(index, image, data, run)
     out = Path(out_dir) if out_dir is not None else run.path / "explain"
-    probs = run.predict_proba(to_float(digit[None]))[0]
+    probs = run.predict_proba(digit)[0]
     title = f"{caption}: predicted {int(probs.argmax())} ({float(probs.max()):.2f})"
     paths = [out / f"{stem}-saliency.png", out / f"{stem}-edge-filter.png"]
     plot_saliency(run.model, digit, paths[0], title)

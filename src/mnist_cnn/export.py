@@ -53,10 +53,13 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
-from .ensemble import EnsembleModel, EnsembleRun, RunLike, load_model
+from .data import MnistData
+from .ensemble import EnsembleModel
 from .errors import MnistCnnError
+from .inputs import as_model_input
 from .models import SpecModel
-from .runs import ENSEMBLE_FILE, Run, is_run_file, load_weights, save_weights
+from .runs import ENSEMBLE_FILE, is_run_file, load_weights, run_data, save_weights
+from .sources import ModelSource, Openable, open_model
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
@@ -76,17 +79,18 @@ class _WithProbabilities(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
-def _resolve(run_or_model: RunLike) -> tuple[SpecModel | EnsembleModel, dict[str, Any], Run | EnsembleRun | None]:
-    """The model (a CPU, eval-mode copy), its identity metadata, and the run or ensemble it came from, if any."""
-    if isinstance(run_or_model, nn.Module) and not isinstance(run_or_model, (SpecModel, EnsembleModel)):
-        raise MnistCnnError(f"cannot export {type(run_or_model).__name__}: expected a run or ensemble (its directory, "
+def _resolve(source: Openable) -> tuple[SpecModel | EnsembleModel, dict[str, Any], ModelSource]:
+    """The model (a CPU, eval-mode copy), its identity metadata, and the source it was opened as."""
+    opened = open_model(source)
+    model = opened.model
+    if not isinstance(model, (SpecModel, EnsembleModel)):
+        raise MnistCnnError(f"cannot export {type(model).__name__}: expected a run or ensemble (its directory, "
                             "a Run or an EnsembleRun), a SpecModel or an EnsembleModel")
-    run = None if isinstance(run_or_model, (SpecModel, EnsembleModel)) else load_model(run_or_model)
-    model = run.model if run is not None else run_or_model
     # "spec" is the architecture; an ensemble's is its members' specs, TTA shifts and how they combine
-    meta = {"name": model.name, "spec": model.describe(),
-            **({"run": run.path.name, "test_accuracy": run.metrics.get("accuracy")} if run is not None else {})}
-    return copy.deepcopy(model).cpu().eval(), meta, run  # a copy: the caller's model keeps its device and mode
+    meta: dict[str, Any] = {"name": model.name, "spec": model.describe()}
+    if opened.path is not None:
+        meta.update(run=opened.path.name, test_accuracy=opened.metrics.get("accuracy"))
+    return copy.deepcopy(model).cpu().eval(), meta, opened  # a copy: the caller's model keeps its device and mode
 
 
 def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
@@ -102,16 +106,17 @@ def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
     return fmt or told
 
 
-def export_model(run_or_model: RunLike, fmt: str | None, out_path: str | os.PathLike) -> Path:
+def export_model(run_or_model: Openable, fmt: str | None, out_path: str | os.PathLike) -> Path:
     """Write the model in `fmt` ('onnx', 'torchscript', 'safetensors'; None = from the suffix)
     to `out_path` atomically, and return the path. See the module docstring for loading."""
     out = Path(out_path)
     fmt = format_for(out, fmt)
-    model, meta, run = _resolve(run_or_model)
-    if run is not None and is_run_file(run.path, out):
+    model, meta, opened = _resolve(run_or_model)
+    run = opened.path
+    if run is not None and is_run_file(run, out):
         raise MnistCnnError(f"{out} is one of the exported run's own files; export to another path")
     if fmt == "safetensors" and isinstance(model, EnsembleModel):  # save_weights holds one model
-        where = (f"{run.path / ENSEMBLE_FILE} already holds it" if run is not None
+        where = (f"{run / ENSEMBLE_FILE} already holds it" if run is not None
                  else "mnist_cnn.ensemble.save_ensemble writes it")
         raise MnistCnnError(f"an ensemble's safetensors file is its own: {where}; export it as .onnx or .pt")
     if fmt == "safetensors":
@@ -164,21 +169,11 @@ def _torchscript_bytes(model: SpecModel | EnsembleModel, meta: dict[str, Any]) -
     return buf.getvalue()
 
 
-def _as_float(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 [N,28,28] or float [N,1,28,28] -> float32 [N,1,28,28] in [0,1]."""
-    t = torch.as_tensor(x)
-    if t.dtype == torch.uint8:
-        t = t.float().div(255.0)
-    if t.dim() == 3:
-        t = t.unsqueeze(1)
-    return t.float().contiguous()
-
-
-def run_exported(path: str | os.PathLike, x: torch.Tensor | np.ndarray, fmt: str | None = None) -> np.ndarray:
+def run_exported(path: str | os.PathLike, x: Any, fmt: str | None = None) -> np.ndarray:
     """Logits [N, 10] from an exported file, run by its own runtime (onnxruntime for ONNX)."""
     path = Path(path)
     fmt = format_for(path, fmt)
-    xf = _as_float(x)
+    xf = as_model_input(x)
     if fmt == "onnx":
         try:
             import onnxruntime as ort
@@ -196,12 +191,27 @@ def run_exported(path: str | os.PathLike, x: torch.Tensor | np.ndarray, fmt: str
         return module(xf).float().numpy()
 
 
-def check_parity(run: RunLike, path: str | os.PathLike, x: torch.Tensor | np.ndarray, fmt: str | None = None) -> float:
+def check_parity(run: Openable, path: str | os.PathLike, x: Any, fmt: str | None = None) -> float:
     """Max absolute difference between the exported file's logits and PyTorch's on images x."""
     model, _, _ = _resolve(run)
     with torch.inference_mode():
-        expected = model(_as_float(x)).float().numpy()
+        expected = model(as_model_input(x, size=model.input_size)).float().numpy()
     got = run_exported(path, x, fmt)
     if got.shape != expected.shape:
         raise MnistCnnError(f"{path}: output shape {got.shape} differs from PyTorch's {expected.shape}")
     return float(np.abs(got - expected).max()) if expected.size else 0.0
+
+
+PARITY_IMAGES = 1000  # test images an export is checked on
+
+
+def export_checked(source: Openable, out_path: str | os.PathLike, fmt: str | None = None, *,
+                   data: str | os.PathLike | MnistData | None = None) -> tuple[Path, float, int]:
+    """`export_model`, then `check_parity` on the first PARITY_IMAGES test images of the data the model was trained
+    on (or of `data`): returns (the file, the max absolute difference of the logits, how many images)."""
+    opened = open_model(source)
+    fmt = format_for(out_path, fmt)
+    path = export_model(opened, fmt, out_path)
+    test = data if isinstance(data, MnistData) else run_data(opened, data)
+    images = test.x_test[:PARITY_IMAGES]
+    return path, check_parity(opened, path, images, fmt), len(images)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import model_input
 from .errors import MnistCnnError
+from .inputs import as_model_input
 from .spec import Layer, ModelSpec, infer_shapes
 from .zoo import get_spec
 
@@ -200,6 +201,11 @@ class SpecModel(nn.Module):
         """The architecture, as EnsembleModel.describe gives an ensemble's (what export writes as "spec")."""
         return self.spec.to_dict()
 
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The (H, W) of the images it takes; None for a flat input, which takes any H x W of its size."""
+        return (self.spec.input_shape[0], self.spec.input_shape[1]) if len(self.spec.input_shape) == 3 else None
+
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], -1) if len(self.spec.input_shape) == 1 else x
 
@@ -219,11 +225,12 @@ class SpecModel(nn.Module):
         return outputs
 
     @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities in eval mode whatever mode the model is in, like Keras's predict; on x's device.
-        `x`: float [N, 1, 28, 28] in [0, 1], or uint8 [N, 28, 28] as MnistData holds images."""
+    def predict_proba(self, x: Any) -> torch.Tensor:
+        """Class probabilities in eval mode whatever mode the model is in, like Keras's predict; on x's device
+        for a tensor. `x`: images in any form `inputs.as_model_input` accepts (uint8 [N, 28, 28], floats in [0, 1])."""
+        x = as_model_input(x, size=self.input_size)
         with evaluating(self):
-            return torch.softmax(self(model_input(x).to(device_of(self))).float(), dim=1).to(x.device)
+            return torch.softmax(self(x.to(device_of(self))).float(), dim=1).to(x.device)
 
 
 def device_of(model: nn.Module) -> torch.device:

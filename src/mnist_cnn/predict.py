@@ -17,31 +17,15 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
-from .data import check_unit_range, to_float
 from .errors import MnistCnnError
-from .ensemble import RunLike, model_of
-from .evaluate import predict_logits
+from .evaluation import predict_logits
+from .inputs import InputError, as_model_input
 from .preprocess import ImageError, ImageSource, image_name, is_pil_image, load_image
+from .sources import Openable, open_model
 
 
-def to_model_input(images: np.ndarray) -> torch.Tensor:
-    """[N, 28, 28] integers 0..255 or floats in [0, 1] -> float32 [N, 1, 28, 28] in [0, 1], the model's input;
-    anything else is refused rather than wrapped or truncated into other pixels."""
-    a = np.asarray(images)
-    if a.dtype.kind not in "iuf":
-        raise MnistCnnError(f"images have dtype {a.dtype}: expected integers 0..255 or floats in [0, 1]")
-    if a.dtype.kind == "f":
-        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # checked before float32 rounds it
-        check_unit_range(x)
-        return x.float().unsqueeze(1)
-    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if not (0 <= low and high <= 255):
-        raise MnistCnnError(f"integer images must be 0..255, got values in [{low:g}, {high:g}]")
-    return to_float(np.ascontiguousarray(a, dtype=np.uint8))
-
-
-def predict_proba(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Softmax probabilities [N, 10] for float input [N, 1, 28, 28], in eval mode on the model's device."""
+def predict_proba(model: nn.Module, x: Any) -> np.ndarray:
+    """Softmax probabilities [N, 10] for images x (any form `inputs.as_model_input` accepts), in eval mode."""
     return torch.softmax(predict_logits(model, x), dim=1).cpu().numpy()
 
 
@@ -53,20 +37,17 @@ def describe(probabilities: np.ndarray, k: int = 3) -> dict[str, Any]:
             "probabilities": [float(p) for p in probabilities]}
 
 
-def predict_arrays(run: RunLike | nn.Module, images: np.ndarray) -> list[dict[str, Any]]:
-    """Predictions for MNIST-form images (no preprocessing is applied): [N, 28, 28], [28, 28], or with a channel
-    axis of 1 ([N, 1, 28, 28] or [N, 28, 28, 1]); integers 0..255 or floats in [0, 1]."""
-    images = given = np.asarray(images)
-    if images.ndim == 2:
-        images = images[None]
-    if images.ndim == 4 and images.shape[1] == 1:  # the model's own NCHW layout
-        images = images[:, 0]
-    elif images.ndim == 4 and images.shape[3] == 1:  # Keras's NHWC
-        images = images[..., 0]
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
-        hint = "; for a photo or drawing of any size, use predict_files" if given.ndim in (2, 3) else ""
-        raise MnistCnnError(f"expected images of shape [N, 28, 28], got {list(given.shape)}{hint}")
-    return [describe(p) for p in predict_proba(model_of(run), to_model_input(images))]
+def predict_arrays(run: Openable, images: Any) -> list[dict[str, Any]]:
+    """Predictions for MNIST-form images (no preprocessing is applied), in any form `inputs.as_model_input` accepts:
+    [N, 28, 28], [28, 28], [N, 1, 28, 28] or [N, 28, 28, 1]; integers 0..255 or floats in [0, 1]. For a photo or
+    drawing of any size, use predict_files."""
+    model = open_model(run).model
+    try:
+        x = as_model_input(images, name="images", size=getattr(model, "input_size", None) or (28, 28))
+    except InputError as e:
+        hint = "; for a photo or drawing of any size, use predict_files" if e.problem == "shape" else ""
+        raise InputError(e.problem, f"{e}{hint}") from None
+    return [describe(p) for p in predict_proba(model, x)]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -105,7 +86,7 @@ def image_files(paths: Sequence[ImageSource]) -> list[ImageSource]:
     return files
 
 
-def predict_files(run: RunLike | nn.Module, paths: ImageSource | Sequence[ImageSource],
+def predict_files(run: Openable, paths: ImageSource | Sequence[ImageSource],
                   show_preprocessed_dir: str | os.PathLike | None = None, *, raw: bool = False,
                   skip_unreadable: bool = False) -> list[dict[str, Any]]:
     """Preprocess each image (a file's path, a folder: its image files; encoded bytes; a Pillow image) the MNIST way
@@ -118,7 +99,7 @@ def predict_files(run: RunLike | nn.Module, paths: ImageSource | Sequence[ImageS
     paths = image_files(paths)
     if not paths:
         raise MnistCnnError("no image files given")
-    model = model_of(run)
+    model = open_model(run).model
     results, images = [], []
     for path in paths:
         try:
@@ -130,7 +111,7 @@ def predict_files(run: RunLike | nn.Module, paths: ImageSource | Sequence[ImageS
             results.append({"file": image_name(path), "error": str(e)})
     readable = [r for r in results if "error" not in r]
     if images:
-        for result, prob in zip(readable, predict_proba(model, to_model_input(np.stack(images)))):
+        for result, prob in zip(readable, predict_proba(model, np.stack(images))):
             result.update(describe(prob))
     if show_preprocessed_dir is not None:
         out_dir = Path(show_preprocessed_dir)

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write_text
-from .data import MnistData, to_float
+from .data import MnistData
 from .errors import MnistCnnError
-from .evaluate import metrics_from_logits, predict_logits
+from .evaluation import metrics_from_logits, predict_logits
 from .explain import (
     find_mistakes,
     output_size_check,
@@ -33,7 +33,8 @@ from .explain import (
     plot_saliency,
 )
 from .models import count_params, layer_table
-from .runs import Run, is_run_file, load_run, run_data
+from .runs import Run, is_run_file, run_data
+from .sources import open_run
 
 # (id, heading): the page's sections, in order; tests check that each one is there
 SECTIONS = (
@@ -141,7 +142,7 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, 
            data: MnistData | None = None) -> Path:
     """Write one self-contained HTML page about a run (default RUN_DIR/report.html) and return its path.
     The test set is the run's own (its `data` and `limit_test`); test digit `index` is the one explained."""
-    run = load_run(run_dir)
+    run = open_run(run_dir)
     if out is not None and is_run_file(run.path, Path(out)):
         raise MnistCnnError(f"{out} is one of the run's own files; write the report to another path")
     data = data if data is not None else run_data(run)
@@ -153,7 +154,7 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, 
     metrics = metrics_from_logits(logits, y)
     mistakes = find_mistakes(torch.softmax(logits, 1), y)
     digit = data.x_test[index]
-    probs = run.predict_proba(to_float(digit[None]))[0]
+    probs = run.predict_proba(digit)[0]
     caption = (f"test #{index}, label {int(data.y_test[index])}: predicted {int(probs.argmax())} "
                f"({float(probs.max()):.2f})")
     has_conv = any(layer.type == "Conv2D" for layer in run.spec.layers)

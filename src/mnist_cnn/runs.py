@@ -205,9 +205,9 @@ def _checked_history(path: Path) -> list[dict[str, Any]]:
     return history
 
 
-def run_data(run: Run, path: str | os.PathLike | None = None) -> MnistData:
-    """The test set of the data the run was trained on (its config's `data`: None is the bundled MNIST), or of
-    `path` instead; the training split is not read (it is empty)."""
+def run_data(run: Any, path: str | os.PathLike | None = None) -> MnistData:
+    """The test set of the data the run (a Run, an EnsembleRun, any opened model source) was trained on (its
+    config's `data`: None is the bundled MNIST), or of `path` instead; the training split is not read (it is empty)."""
     if path is not None:
         return load_mnist(path, test_only=True)
     try:

@@ -36,11 +36,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .ensemble import EnsembleRun, load_model
 from .errors import MnistCnnError
-from .predict import describe, to_model_input
+from .inputs import InputError, as_model_input
+from .predict import describe
 from .preprocess import MAX_PIXELS, load_image
-from .runs import Run
+from .sources import Openable, open_model
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 10 * 1024 * 1024  # a phone photo fits; anything bigger is refused while reading
@@ -145,36 +145,40 @@ def _parse_arrays(payload: Any) -> torch.Tensor:
         raise ApiError("bad_request", '"images" must be a non-empty list of 28x28 arrays')
     if len(images) > MAX_IMAGES:
         raise ApiError("too_many_images", f"{len(images)} images in one request; the limit is {MAX_IMAGES}")
-    out = np.empty((len(images), 28, 28), dtype=np.float32)
-    for i, image in enumerate(images):
-        try:
-            a = np.array(image)
-        except (ValueError, RecursionError):  # ragged or absurdly deep nesting
-            raise ApiError("bad_shape", f"images[{i}] is not a rectangular array; expected 28x28") from None
-        if a.shape != (28, 28):
-            raise ApiError("bad_shape", f"images[{i}] has shape {list(a.shape)}; expected [28, 28]")
-        if a.dtype.kind not in "iuf":  # strings, booleans, nulls, nested objects
-            raise ApiError("bad_value", f"images[{i}] must hold numbers only")
-        a = a.astype(np.float64)
-        if value_range == "unit":
-            if not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
-                raise ApiError("out_of_range", f"images[{i}] has values in [{a.min():g}, {a.max():g}]; value_range "
-                               '"unit" needs [0, 1] (send "value_range": "byte" for 0..255)')
-            out[i] = a
-        else:
-            if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 255 and (a == np.round(a)).all()):
-                raise ApiError("out_of_range", f"images[{i}] has values in [{a.min():g}, {a.max():g}]; value_range "
-                               '"byte" needs integers 0..255')
-            out[i] = a / 255.0
-    return torch.from_numpy(out).unsqueeze(1)
+    return torch.cat([_parse_array(image, value_range, f"images[{i}]") for i, image in enumerate(images)])
 
 
-def create_app(run: Union[Run, EnsembleRun, str, os.PathLike[str]], *, max_body_bytes: int = MAX_BODY_BYTES,
+_CODES = {"type": "bad_shape", "shape": "bad_shape", "dtype": "bad_value", "range": "out_of_range"}
+
+
+def _parse_array(image: Any, value_range: str, name: str) -> torch.Tensor:
+    """One JSON image -> float32 [1, 1, 28, 28]: its declared value_range here, the array rule in inputs.py."""
+    try:
+        a = np.array(image)
+    except (ValueError, RecursionError):  # ragged or absurdly deep nesting
+        raise ApiError("bad_shape", f"{name} is not a rectangular array; expected 28x28") from None
+    if a.shape != (28, 28):  # one image each, never a batch
+        raise ApiError("bad_shape", f"{name} has shape {list(a.shape)}; expected [28, 28]")
+    if a.dtype.kind not in "iuf":  # strings, booleans, nulls, nested objects
+        raise ApiError("bad_value", f"{name} must hold numbers only")
+    if value_range == "byte" and a.dtype.kind == "f":  # 3.0 is a byte, 0.5 is not
+        if not (np.isfinite(a).all() and (a == np.round(a)).all()):
+            raise ApiError("out_of_range", f'{name} has values in [{a.min():g}, {a.max():g}]; value_range "byte" '
+                           "needs integers 0..255")
+        a = np.clip(a, -1, 256).astype(np.int64)  # still out of range where it was
+    try:
+        return as_model_input(a.astype(np.float64) if value_range == "unit" else a, name=name)
+    except InputError as e:
+        hint = ' (send "value_range": "byte" for 0..255)' if value_range == "unit" and e.problem == "range" else ""
+        raise ApiError(_CODES[e.problem], f"{e}{hint}") from None
+
+
+def create_app(run: Openable, *, max_body_bytes: int = MAX_BODY_BYTES,
                max_pixels: int = MAX_PIXELS, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """The service for one trained run or ensemble (a Run, an EnsembleRun, or its directory)."""
-    run = load_model(run)
+    run = open_model(run)
     model = run.model.cpu().eval()
-    info = ModelInfo(name=run.name, run=run.path.name, params=run.num_params,
+    info = ModelInfo(name=run.name, run=run.path.name if run.path is not None else "", params=run.num_params,
                      test_accuracy=run.metrics.get("accuracy"))
     # One model instance behind a lock rather than micro-batching: one forward of this small CNN
     # takes about a millisecond, so batching would save little while adding a wait to every
@@ -195,7 +199,7 @@ def create_app(run: Union[Run, EnsembleRun, str, os.PathLike[str]], *, max_body_
 
     def predict_images(blobs: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         images = np.stack([decode(name, data) for name, data in blobs])
-        probabilities = infer(to_model_input(images))
+        probabilities = infer(as_model_input(images, name="images"))
         return [{**describe(p), "file": name, "image": img.tolist()}
                 for (name, _), p, img in zip(blobs, probabilities, images)]
 

@@ -23,9 +23,10 @@ import torch
 
 from ..atomic import atomic_write_json, make_dir
 from ..augment import Augment, affine_matrices
-from ..data import MnistData, load_mnist, recorded_path, split_validation, to_float
+from ..data import MnistData, load_mnist, recorded_path, split_validation
 from ..errors import MnistCnnError
-from ..evaluate import evaluate, loss_and_accuracy, predict_logits
+from ..evaluation import evaluate, loss_and_accuracy, predict_logits
+from ..inputs import to_float
 from ..models import default_memory_format
 from ..runs import Run, load_weights, remove_run_files, save_weights, write_history
 from ..spec import ModelSpec, parse_spec

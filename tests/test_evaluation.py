@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mnist_cnn import format_metrics
-from mnist_cnn.evaluate import metrics_from_logits
+from mnist_cnn.evaluation import metrics_from_logits
 
 
 def test_metrics_by_hand():
@@ -40,7 +40,10 @@ def test_evaluate_takes_a_run_or_model_and_images_as_mnist_holds_them_and_refuse
     x, y = mnist.x_test[:200], mnist.y_test[:200]
     expected = evaluate(trained_run.model, x, y)
     for same in [(trained_run, x, y), (trained_run.model, x.numpy(), y.numpy()),
-                 (trained_run.model, x[:, None].float() / 255, y.to(torch.uint8))]:
+                 (trained_run.model, x[:, None].float() / 255, y.to(torch.uint8)),
+                 (trained_run.model, x.float() / 255, y),  # [N, H, W] floats: the channel axis is implied
+                 (trained_run.model, x[..., None].numpy(), np.eye(10)[y.numpy()]),  # Keras's NHWC and one-hot
+                 (trained_run.model, x.tolist(), y.tolist())]:
         assert evaluate(*same)["accuracy"] == expected["accuracy"]
     probs = trained_run.predict_proba(x)  # uint8 as MnistData holds them, like the model's own input
     assert torch.allclose(probs, trained_run.predict_proba(x[:, None].float() / 255))
@@ -48,15 +51,16 @@ def test_evaluate_takes_a_run_or_model_and_images_as_mnist_holds_them_and_refuse
                                                                        r"values in \[0, 255\]: divide 0\.\.255"),
                           ((trained_run.model, torch.full((200, 1, 28, 28), float("nan")), y),
                            r"float images must be in \[0, 1\], got values in \[nan, nan\]$"),
-                          ((trained_run.model, x.float() / 255, y), r"images must be uint8 \[N, 28, 28\] .*got "
-                                                                    r"torch\.float32 of shape \(200, 28, 28\)"),
-                          ((trained_run.model, x, y.float()), r"labels must be one integer per image \[N\], got "
-                                                              r"torch\.float32"),
+                          ((trained_run.model, x[:, :, None], y), r"x has shape \[200, 28, 1, 28\]: expected "
+                                                                  r"28x28 images \[N, 1, H, W\], \[N, H, W, 1\]"),
+                          ((trained_run.model, x, y.float()), r"y: labels must be one integer per image \[N\] or "
+                                                              r"one-hot \[N, C\], got torch\.float32"),
                           ((trained_run.model, x, y[:100]), r"100 labels for 200 images"),
                           ((trained_run.model, x[:0], y[:0]), r"0 labels for 0 images: expected as many, and at least"),
                           ((trained_run.model, x, y + 1), r"labels must be 0\.\.9, got values in \[1, 10\]"),
                           ((str(trained_run.path), x, y), r"expected a model \(a torch nn\.Module, e\.g\. run\.model\) "
-                                                          r"or a Run; a run directory's path is read with load_run"),
-                          ((trained_run.model, np.eye(10)[y.numpy()], y), r"images must be uint8")]:
+                                                          r"or a Run; a run directory's path is read with "
+                                                          r"mnist_cnn\.sources"),
+                          ((trained_run.model, np.eye(10)[y.numpy()], y), r"x has shape \[200, 10\]: expected 28x28")]:
         with pytest.raises(MnistCnnError, match=message):
             evaluate(*args)

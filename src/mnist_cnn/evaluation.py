@@ -7,40 +7,32 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import check_unit_range, model_input
 from .errors import MnistCnnError
+from .inputs import as_labels, as_model_input
 from .models import device_of, evaluating
 
 
 def _model(model: Any) -> nn.Module:
-    """A torch model, or the model of a Run (anything with a `.model` that is one)."""
+    """A torch model, or the model of an opened source (a Run, an EnsembleRun: their `.model`)."""
     model = model if isinstance(model, nn.Module) else getattr(model, "model", None)
     if not isinstance(model, nn.Module):
         raise MnistCnnError("expected a model (a torch nn.Module, e.g. run.model) or a Run; a run directory's path "
-                            "is read with load_run(path)")
+                            "is read with mnist_cnn.sources.open_model(path)")
     return model
 
 
-def _images(x: Any) -> torch.Tensor:
-    """Shape and type checks only (no pass over the values: validation runs this every epoch, on any device)."""
-    x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
-    if isinstance(x, torch.Tensor) and ((x.dtype == torch.uint8 and x.ndim == 3)
-                                        or (x.is_floating_point() and x.ndim == 4 and x.shape[1] == 1)):
-        return x
-    what = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-    raise MnistCnnError(f"images must be uint8 [N, 28, 28] (as MnistData holds them) or float [N, 1, 28, 28] in "
-                        f"[0, 1] (the model's input), got {what}")
+def predict_logits(model: nn.Module, x: Any, batch_size: int | None = None) -> torch.Tensor:
+    """Logits for images x (any form `inputs.as_model_input` accepts), batch by batch, in eval mode."""
+    model = _model(model)
+    return _logits(model, as_model_input(x, size=getattr(model, "input_size", None)), batch_size)
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Logits for images x (uint8 [N,28,28] or float [N,1,28,28]), batch by batch, in eval mode."""
-    model, x = _model(model), _images(x)
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int | None) -> torch.Tensor:
     device = device_of(model)
     # on CPU, batches of 128 stay in cache: keras-basic 40,000 images/s against 11,000 in batches of 1,000
     batch_size = batch_size or (128 if device.type == "cpu" else 1000)
@@ -49,7 +41,6 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = N
     with evaluating(model):
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(device)
-            xb = model_input(xb)
             chunks.append(model(xb.contiguous(memory_format=memory_format)).float())
     return torch.cat(chunks) if chunks else torch.empty(0, 10)
 
@@ -97,25 +88,19 @@ def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor) -> dict:
             "per_class": rows, **averages(rows), "confusion": confusion.tolist()}
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> dict:
+def evaluate(model: nn.Module, x: Any, y: Any, batch_size: int | None = None) -> dict:
     """Like Keras's `evaluate`, plus per-class precision/recall/F1 and the confusion matrix.
 
-    `model`: a torch model or a Run; `x`: uint8 images [N, 28, 28] or floats [N, 1, 28, 28] in [0, 1] (tensors or
-    numpy arrays); `y`: N integer labels. Anything else is refused with one line, not scored."""
-    x = _images(x)
-    y = torch.from_numpy(y) if isinstance(y, np.ndarray) else y
-    if not (isinstance(y, torch.Tensor) and y.ndim == 1 and not y.is_floating_point() and y.dtype != torch.bool):
-        what = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
-        raise MnistCnnError(f"labels must be one integer per image [N], got {what}")
+    `model`: a torch model or a Run; `x`: images in any form `inputs.as_model_input` accepts (uint8 [N, 28, 28]
+    as MnistData holds them, floats [N, 1, 28, 28] in [0, 1], NHWC, numpy, PIL, lists); `y`: N integer labels or
+    one-hot rows. Anything else is refused with one line, not scored."""
+    model = _model(model)
+    x = as_model_input(x, size=getattr(model, "input_size", None))
+    y = as_labels(y)
     if len(y) != len(x) or not len(x):
         raise MnistCnnError(f"{len(y)} labels for {len(x)} images: expected as many, and at least one")
-    if x.is_floating_point():
-        check_unit_range(x)
-    logits = predict_logits(model, x, batch_size)
-    if y.min() < 0 or y.max() >= logits.shape[1]:
-        raise MnistCnnError(f"labels must be 0..{logits.shape[1] - 1}, got values in [{y.min().item()}, "
-                            f"{y.max().item()}]")
-    return metrics_from_logits(logits, y.long())
+    logits = _logits(model, x, batch_size)
+    return metrics_from_logits(logits, as_labels(y, logits.shape[1]))
 
 
 def format_metrics(metrics: dict) -> str:

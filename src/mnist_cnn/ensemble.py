@@ -26,12 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_write_json, make_dir
+from .atomic import atomic_write_json
+from .budgets import describe, exists
 from .data import MnistData, load_mnist, model_input, recorded_path, split_validation
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
-from .runs import ENSEMBLE_FILE, Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_json, save_tensors
+from .rundir import check_out, claim
+from .runs import (ENSEMBLE_FILE, Run, check_declared, checkpoint_paths, fill_weights, load_run, load_tensors,
+                   read_json, save_tensors)
 from .spec import parse_spec
 from .zoo import get_spec
 
@@ -176,12 +179,20 @@ def load_ensemble_model(path: str | os.PathLike) -> EnsembleModel:
                             f"`mnist-cnn ensemble RUN_DIR... --out {path}`)")
     tensors, meta = load_tensors(file)
     desc = meta.get("ensemble")
-    if not isinstance(desc, dict) or not desc.get("members"):
+    if not isinstance(desc, dict) or not isinstance(desc.get("members"), list) or not desc["members"]:
         raise MnistCnnError(f"{file} holds no ensemble description in its metadata (is it a single model? "
                             f"open it with load_run)")
-    members = [build_model(parse_spec(m["spec"], f"{file} member {i}")) for i, m in enumerate(desc["members"])]
+    specs = [parse_spec(_member_spec(m, file, i), f"{file} member {i}") for i, m in enumerate(desc["members"])]
+    check_declared(specs, tensors, file)
+    members = [build_model(spec) for spec in specs]
     model = EnsembleModel(members, desc.get("shifts"), [m.get("source", "") for m in desc["members"]])
     return fill_weights(model, tensors, f"{file}: weights do not fit the member specs")
+
+
+def _member_spec(member: Any, file: Path, i: int) -> Any:
+    if not isinstance(member, dict) or "spec" not in member:
+        raise MnistCnnError(f"{file}: ensemble member {i} in its metadata has no spec (the file was edited or damaged)")
+    return member["spec"]
 
 
 @dataclass
@@ -308,12 +319,9 @@ def check_ensemble_out(out: str | os.PathLike) -> Path:
     if out.suffix == ".safetensors":  # save_ensemble's single file; a command writes a whole folder
         raise MnistCnnError(f"--out {out}: an ensemble is written as a folder (ensemble.safetensors, metrics.json, "
                             "config.json inside); give a folder name")
-    for path in (out, out / "members"):
-        if path.exists() and not path.is_dir():
-            raise MnistCnnError(f"{path} is a file, not a folder; write the ensemble to another --out")
-    existing = read_json(out / "config.json", {})
-    if existing and existing.get("kind") != "ensemble":  # a training run lives there
-        raise MnistCnnError(f"{out} holds a training run; write the ensemble to another --out")
+    check_out(out, "ensemble")
+    if exists(out / "members") and not (out / "members").is_dir():
+        raise MnistCnnError(f"{describe(out / 'members')} is a file, not a folder; write the ensemble to another --out")
     return out
 
 
@@ -321,14 +329,14 @@ def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[s
                    data: str | os.PathLike | None = None, limit_test: int | None = None) -> Path:
     """The ensemble directory: ensemble.safetensors + metrics.json + config.json (its members, and the test data
     it was measured on, which `mnist-cnn evaluate ENSEMBLE_DIR` tests again as it does for a run)."""
-    out = make_dir(check_ensemble_out(out))
-    save_ensemble(out, model)
-    atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_json(out / "config.json", {"kind": "ensemble", "members": model.sources,
-                                            "shifts": [list(s) for s in model.shifts],
-                                            "data": None if data is None else recorded_path(data),
-                                            "limit_test": limit_test})
-    return out
+    with claim(check_ensemble_out(out), "ensemble") as folder:
+        save_ensemble(folder, model)
+        atomic_write_json(folder / "metrics.json", metrics)
+        atomic_write_json(folder / "config.json", {"kind": "ensemble", "members": model.sources,
+                                                   "shifts": [list(s) for s in model.shifts],
+                                                   "data": None if data is None else recorded_path(data),
+                                                   "limit_test": limit_test})
+    return folder
 
 
 def train_members(config: Any, n: int, *, data: MnistData | None = None, out: str | os.PathLike | None = None,
@@ -343,11 +351,11 @@ def train_members(config: Any, n: int, *, data: MnistData | None = None, out: st
     seeds = list(seeds) if seeds is not None else [config.seed + k for k in range(n)]
     if len(seeds) != n:
         raise MnistCnnError(f"got {len(seeds)} seeds for {n} members")
-    base = check_ensemble_out(out or config.out or "runs/ensemble") / "members"
-    runs = []
-    for seed in seeds:
-        member = dataclasses.replace(config, seed=seed, out=str(base / f"seed-{seed}"))
-        runs.append(reuse_or_train(member, data=data, log=log))
+    with claim(check_ensemble_out(out or config.out or "runs/ensemble"), "ensemble") as folder:
+        runs = []  # each member is a run folder of its own under the ensemble's, which is marked as one first
+        for seed in seeds:
+            member = dataclasses.replace(config, seed=seed, out=str(folder / "members" / f"seed-{seed}"))
+            runs.append(reuse_or_train(member, data=data, log=log))
     return runs
 
 

@@ -10,6 +10,7 @@ averages the gradients (gloo on CPU, NCCL on GPU); only rank 0 writes files and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -34,6 +35,7 @@ from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, loss_and_accuracy, predict_logits
 from .models import build_model, default_memory_format
 from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, improved, learning_rate, make_optimizer, plateau_lr
+from .rundir import claim
 from .runs import (Run, has_trained, latest_checkpoint, load_weights, read_json, remove_run_files,
                    save_checkpoint, save_weights, write_history)
 from .spec import parse_spec
@@ -324,16 +326,16 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     """
     stop_requested, restore_signals = _stop_between_steps(enabled=int(os.environ.get("WORLD_SIZE", "1")) == 1)
     threads = torch.get_num_threads()
-    try:
-        with torch.random.fork_rng(devices=[]):  # training seeds torch's generator; the caller's is left as it was
-            return _train(config, data, resume, overwrite, log, stop_requested)
+    try:  # training seeds torch's generator (the caller's is left as it was); `held` keeps the run folder's lock
+        with torch.random.fork_rng(devices=[]), contextlib.ExitStack() as held:
+            return _train(config, data, resume, overwrite, log, stop_requested, held)
     finally:
         restore_signals()
         torch.set_num_threads(threads)  # and so is the caller's thread count
 
 
 def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Path | None, overwrite: bool,
-           log: Callable[[str], None], stop_requested: list[int]) -> Run:
+           log: Callable[[str], None], stop_requested: list[int], held: contextlib.ExitStack) -> Run:
     checkpoint: tuple[dict, dict] | None = None
     if resume is not None:
         out = Path(resume)
@@ -356,6 +358,8 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     out = Path(config.out) if config.out else _default_out(config.model)
     if resume is None and not overwrite and ((out / "config.json").exists() or (out / "checkpoints").exists()):
         raise MnistCnnError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the run folder; torchrun's other ranks follow it
+        held.enter_context(claim(out, "run"))
 
     # ---- processes, threads, device ----
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -75,6 +75,10 @@ def is_file(path: str | os.PathLike) -> bool:
     return exists(path) and Path(path).is_file()
 
 
+def _a(what: str) -> str:
+    return f"{'an' if what[:1] in 'AEIOUaeiou' else 'a'} {what}"
+
+
 def _reason(error: OSError) -> str:
     if error.errno == errno.ENAMETOOLONG:
         return "a name in it is too long (at most 255 bytes each)"
@@ -88,14 +92,14 @@ def open_regular(path: str | os.PathLike, what: str) -> BinaryIO:
         # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before fstat can refuse it
         f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
     except IsADirectoryError:
-        raise MnistCnnError(f"{describe(path)}: is a folder; expected a {what} file") from None
+        raise MnistCnnError(f"{describe(path)}: is a directory, expected {_a(what)} file") from None
     except FileNotFoundError:
-        raise MnistCnnError(f"{describe(path)}: no such file; expected a {what} file") from None
+        raise MnistCnnError(f"{describe(path)}: no such file (expected {_a(what)} file)") from None
     except OSError as e:
         raise MnistCnnError(f"cannot read {what} file {describe(path)}: {_reason(e)}") from None
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()
-        raise MnistCnnError(f"{describe(path)}: not a regular file (a device, pipe or folder); expected a {what} file")
+        raise MnistCnnError(f"{describe(path)}: not a regular file (a device, pipe or socket); expected {_a(what)} file")
     return f
 
 

@@ -72,7 +72,9 @@ def check_out(out: str | os.PathLike, kind: str, flag: str = "--out") -> Path:
 @contextlib.contextmanager
 def claim(out: str | os.PathLike, kind: str, flag: str = "--out") -> Iterator[Path]:
     """Check `out` (see check_out), make it, mark it as a `kind` folder, and hold its lock until the block ends."""
-    out = make_dir(check_out(out, kind, flag), f"{kind} directory")
+    out = Path(out)
+    created = not exists(check_out(out, kind, flag))
+    out = make_dir(out, f"{kind} directory")
     try:
         fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
@@ -91,4 +93,14 @@ def claim(out: str | os.PathLike, kind: str, flag: str = "--out") -> Iterator[Pa
             atomic_write_json(out / MARKER, {"format": FORMAT, "kind": kind})
         yield out
     finally:
+        if created:  # a start that failed before writing anything leaves no folder behind
+            _remove_if_bare(out)
         os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _remove_if_bare(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        if {p.name for p in folder.iterdir()} <= {MARKER, LOCK}:
+            for name in (MARKER, LOCK):
+                (folder / name).unlink(missing_ok=True)
+            folder.rmdir()

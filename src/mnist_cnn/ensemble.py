@@ -27,14 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_write_json
-from .budgets import describe, exists
+from .budgets import describe, exists, is_dir
 from .data import MnistData, load_mnist, model_input, recorded_path, split_validation
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
 from .rundir import check_out, claim
-from .runs import (ENSEMBLE_FILE, Run, check_declared, checkpoint_paths, fill_weights, load_run, load_tensors,
-                   read_json, save_tensors)
+from .runs import (ENSEMBLE_FILE, Run, check_declared, checked_config, checkpoint_paths, fill_weights, load_run,
+                   load_tensors, read_json, save_tensors)
 from .spec import parse_spec
 from .zoo import get_spec
 
@@ -173,8 +173,8 @@ def save_ensemble(path: str | os.PathLike, model: EnsembleModel, extra: dict[str
 def load_ensemble_model(path: str | os.PathLike) -> EnsembleModel:
     """Rebuild an EnsembleModel from its file (or the directory holding ENSEMBLE_FILE)."""
     path = Path(path)
-    file = path / ENSEMBLE_FILE if path.is_dir() else path
-    if not file.exists():
+    file = path / ENSEMBLE_FILE if is_dir(path) else path
+    if not exists(file):
         raise MnistCnnError(f"{path} is not an ensemble: {file.name} not found (make one with "
                             f"`mnist-cnn ensemble RUN_DIR... --out {path}`)")
     tensors, meta = load_tensors(file)
@@ -220,9 +220,10 @@ class EnsembleRun:
 def load_ensemble(path: str | os.PathLike) -> EnsembleRun:
     """Open an ensemble directory (or its .safetensors file), like runs.load_run opens a run."""
     path = Path(path)
-    base = path if path.is_dir() else path.parent
+    base = path if is_dir(path) else path.parent
     model = load_ensemble_model(path)
-    return EnsembleRun(base, model, read_json(base / "config.json", {}), read_json(base / "metrics.json", {}))
+    return EnsembleRun(base, model, checked_config(base / "config.json", ("data", "limit_test")),
+                       read_json(base / "metrics.json", {}))
 
 
 RunLike = Union[Run, "EnsembleRun", SpecModel, "EnsembleModel", str, "os.PathLike[str]"]
@@ -236,9 +237,9 @@ def load_model(source: Run | EnsembleRun | str | os.PathLike) -> Run | EnsembleR
         raise MnistCnnError(f"expected a run or ensemble directory, a Run or an EnsembleRun, got "
                             f"{type(source).__name__}")
     p = Path(source)
-    if not p.exists():
+    if not exists(p):
         raise MnistCnnError(f"{p} does not exist: expected a run or ensemble directory (or its .safetensors file)")
-    if (p.is_dir() and (p / ENSEMBLE_FILE).exists()) or p.name == ENSEMBLE_FILE:
+    if (is_dir(p) and exists(p / ENSEMBLE_FILE)) or p.name == ENSEMBLE_FILE:
         return load_ensemble(p)
     return load_run(p)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,7 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .budgets import DOCUMENT_BYTES, WEIGHTS_BYTES, describe, exists, read_bytes
+from .budgets import DOCUMENT_BYTES, WEIGHTS_BYTES, describe, exists, is_dir, is_file, read_bytes
 from .data import MnistData, load_mnist
 from .errors import MnistCnnError
 from .models import SpecModel, build_model, count_params
@@ -216,26 +217,40 @@ def load_run(run_dir: str | os.PathLike | Run) -> Run:
     if isinstance(run_dir, Run):
         return run_dir
     path = Path(run_dir)
-    if not path.exists():
+    if not exists(path):
         raise MnistCnnError(f"{path} does not exist: expected a run directory or its model.safetensors")
-    weights = path if path.is_file() else path / "model.safetensors"
-    if (path / ENSEMBLE_FILE).exists():
+    weights = path if is_file(path) else path / "model.safetensors"
+    if exists(path / ENSEMBLE_FILE):
         raise MnistCnnError(f"{path} is an ensemble directory, not a run directory: evaluate, predict, export and "
                             f"serve take it; report and explain take one of its members (its config.json lists them)")
-    if not weights.exists() and path.is_dir() and read_json(path / "config.json", {}).get("kind") == "ensemble":
+    if not exists(weights) and is_dir(path) and read_json(path / "config.json", {}).get("kind") == "ensemble":
         raise MnistCnnError(f"{path} is an ensemble directory without its {ENSEMBLE_FILE}: make it again with "
                             f"`mnist-cnn ensemble RUN_DIR... --out {path}`")
-    if not weights.exists() and (checkpoint_paths(path) or (path / "spec.json").exists()):
+    if not exists(weights) and (checkpoint_paths(path) or exists(path / "spec.json")):
         raise MnistCnnError(f"{path} holds an interrupted run (no model.safetensors yet); finish it with "
                             f"`mnist-cnn train --resume {path}`")
-    if not weights.exists():
+    if not exists(weights):
         raise MnistCnnError(f"{path} is not a run directory: {weights.name} not found (train one with "
                             f"`mnist-cnn train --out {path}`)")
     base = weights.parent
     if weights.name != "model.safetensors":  # a weights file on its own: JSON files beside it are not its run's
         return Run(base, load_weights(weights), weights=weights)
-    return Run(base, load_weights(weights), read_json(base / "config.json", {}),
+    return Run(base, load_weights(weights), checked_config(base / "config.json"),
                _checked_history(base / "history.json"), read_json(base / "metrics.json", {}))
+
+
+def checked_config(path: Path, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """config.json as read back, its options (or those in `only`) held to TrainConfig's own validation: a file
+    edited by hand gets one line, not a traceback where a value is used ("data": 5, "limit_test": -5)."""
+    config = read_json(path, {})
+    from .train import TrainConfig, validate  # here: train imports this module
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)} & set(only or config)
+    try:
+        validate(TrainConfig(**{k: config[k] for k in known if k in config}))
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{describe(path)}: {e}") from None
+    return config
 
 
 def _checked_history(path: Path) -> list[dict[str, Any]]:

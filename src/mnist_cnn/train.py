@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .atomic import atomic_write_json, make_dir
 from .augment import Augment, affine_matrices, apply_affine
+from .budgets import exists
 from .data import MnistData, load_mnist, recorded_path, split_validation, to_float
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, loss_and_accuracy, predict_logits
@@ -176,6 +177,7 @@ def validate(c: TrainConfig) -> None:
          c.validation_split)
     need(c.val_size is None or whole(c.val_size), "--val-size must be a whole number", c.val_size)
     need(c.out is None or isinstance(c.out, (str, os.PathLike)), "--out must be a folder's path", c.out)
+    need(c.data is None or isinstance(c.data, (str, os.PathLike)), "--data must be a path", c.data)
     watchers = [flag for flag, on in (("--early-stopping", c.early_stopping), ("--restore-best", c.restore_best),
                                       ("--schedule plateau", c.schedule == "plateau")) if on]
     if watchers and not (c.validation_split or c.val_size):
@@ -339,7 +341,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     checkpoint: tuple[dict, dict] | None = None
     if resume is not None:
         out = Path(resume)
-        if not (out / "config.json").exists():
+        if not exists(out / "config.json"):
             raise MnistCnnError(f"cannot resume {out}: no config.json there (is it a run directory?)")
         saved = read_json(out / "config.json", {})
         unknown = sorted(set(saved) - _FIELDS)
@@ -356,7 +358,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     paths = {k: str(v) for k in ("out", "data") if isinstance(v := getattr(config, k), os.PathLike)}
     config = dataclasses.replace(config, **paths)  # as config.json holds them
     out = Path(config.out) if config.out else _default_out(config.model)
-    if resume is None and not overwrite and ((out / "config.json").exists() or (out / "checkpoints").exists()):
+    if resume is None and not overwrite and (exists(out / "config.json") or exists(out / "checkpoints")):
         raise MnistCnnError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the run folder; torchrun's other ranks follow it
         held.enter_context(claim(out, "run"))

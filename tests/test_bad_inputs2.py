@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import mnist_cnn
 from mnist_cnn.cli import main
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models import build_model
@@ -27,7 +28,7 @@ from mnist_cnn.train import make_config, train
 from mnist_cnn.zoo import get_spec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "limits.md"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(mnist_cnn.__file__).resolve().parents[1])  # the subprocesses import the package these tests do
 
 
 @pytest.fixture(scope="module")

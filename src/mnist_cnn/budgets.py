@@ -94,7 +94,7 @@ def open_regular(path: str | os.PathLike, what: str) -> BinaryIO:
     except IsADirectoryError:
         raise MnistCnnError(f"{describe(path)}: is a directory, expected {_a(what)} file") from None
     except FileNotFoundError:
-        raise MnistCnnError(f"{describe(path)}: no such file (expected {_a(what)} file)") from None
+        raise MnistCnnError(f"cannot read {what} file {describe(path)}: no such file") from None
     except OSError as e:
         raise MnistCnnError(f"cannot read {what} file {describe(path)}: {_reason(e)}") from None
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):

@@ -481,9 +481,8 @@ def check_unit_range(x: torch.Tensor, what: str = "float images") -> None:
     """Refuse float pixels outside [0, 1], NaN included: 0..255 floats would be scored as nonsense, not refused."""
     low, high = (x.min().item(), x.max().item()) if x.numel() else (0.0, 0.0)  # NaN comes out as min and max
     if not (0 <= low and high <= 1):  # repr: 1.0000000000000002 must not print as a 1 that is inside
-        where = "NaN" if math.isnan(low) or math.isnan(high) else (f"{high!r}, above 1" if high > 1 else
-                                                                    f"{low!r}, below 0")
-        raise MnistCnnError(f"{what} must be in [0, 1], got {where} (values from {low!r} to {high!r})"
+        where = "NaN" if math.isnan(low) or math.isnan(high) else "above 1" if high > 1 else "below 0"
+        raise MnistCnnError(f"{what} must be in [0, 1], got values in [{low!r}, {high!r}], {where}"
                             f"{': divide 0..255 pixels by 255' if high > 1 else ''}")
 
 

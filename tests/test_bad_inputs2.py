@@ -213,7 +213,7 @@ def test_a_non_utf8_file_name_prints_escaped(run, tmp_path):
 def test_a_pixel_just_above_one_is_shown_with_every_digit():
     from mnist_cnn.predict import predict_arrays
     images = np.full((1, 28, 28), 1.0000000000000002)
-    with pytest.raises(MnistCnnError, match=r"got values in \[1\.0000000000000002, 1\.0000000000000002\], above 1"):
+    with pytest.raises(MnistCnnError, match=r"got values in \[1\.0000000000000002, 1\.0000000000000002\] \(above 1\)"):
         predict_arrays(build_model(get_spec("keras-basic")), images)
 
 

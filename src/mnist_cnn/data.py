@@ -481,9 +481,15 @@ def check_unit_range(x: torch.Tensor, what: str = "float images") -> None:
     """Refuse float pixels outside [0, 1], NaN included: 0..255 floats would be scored as nonsense, not refused."""
     low, high = (x.min().item(), x.max().item()) if x.numel() else (0.0, 0.0)  # NaN comes out as min and max
     if not (0 <= low and high <= 1):  # repr: 1.0000000000000002 must not print as a 1 that is inside
-        where = "NaN" if math.isnan(low) or math.isnan(high) else "above 1" if high > 1 else "below 0"
-        raise MnistCnnError(f"{what} must be in [0, 1], got values in [{low!r}, {high!r}], {where}"
-                            f"{': divide 0..255 pixels by 255' if high > 1 else ''}")
+        where = "" if math.isnan(low) or math.isnan(high) else " (above 1)" if high > 1 else " (below 0)"
+        raise MnistCnnError(f"{what} must be in [0, 1], got values in [{_exact(low)}, {_exact(high)}]"
+                            f"{': divide 0..255 pixels by 255' if high > 1.5 else ''}{where}")
+
+
+def _exact(value: float) -> str:
+    """Every digit a float has (1.0000000000000002 is not 1), without a whole number's '.0'."""
+    text = repr(value)
+    return text.removesuffix(".0")
 
 
 def model_input(x: torch.Tensor) -> torch.Tensor:

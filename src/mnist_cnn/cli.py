@@ -6,6 +6,7 @@ A user's mistake prints one line, `error: ...`, and exits with status 2; `--debu
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -377,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \x escapes, not a traceback
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         _check_counts(args)
         COMMANDS[args.command](args)

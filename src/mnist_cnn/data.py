@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_bytes
+from .budgets import Budget, is_dir, is_file, open_regular
 from .errors import MnistCnnError
 
 NUM_CLASSES = 10
@@ -101,12 +102,17 @@ class MnistData:
 
 # ---------------------------------------------------------------- IDX files
 
+#: decompressed bytes of one array (IDX file or .npy member), from its header before reading: EMNIST ByClass's
+#: 697,932 training images are 547 MB
+DATA_BYTES = Budget("MNIST_CNN_MAX_DATA_BYTES", 2 * 2**30)
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file, gzipped or not (told apart by the magic bytes, not the name)."""
     path = Path(path)
     compressed = False
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "IDX") as f:
             compressed = f.read(2) == _GZIP_MAGIC
             f.seek(0)
             if not compressed:
@@ -143,6 +149,11 @@ def _parse_idx(stream: BinaryIO, path: Path, file_size: int | None) -> np.ndarra
     if file_size is not None and nbytes > file_size - 4 - 4 * ndim:
         # Refuse before reading anything: a 100-byte file cannot hold 10^9 images.
         raise _truncated(path, shape, nbytes, file_size - 4 - 4 * ndim)
+    if nbytes > DATA_BYTES.value:  # a gzip of a few MB may expand to GBs: count (never keep) what is really there
+        held = _count_at_most(stream, DATA_BYTES.value + 1)
+        if held < nbytes and held <= DATA_BYTES.value:
+            raise _truncated(path, shape, nbytes, held)
+        DATA_BYTES.check(nbytes, f"{path}: the header's shape {shape}")
     body = _read_at_most(stream, nbytes + 1)
     if len(body) < nbytes:
         raise _truncated(path, shape, nbytes, len(body))
@@ -169,6 +180,14 @@ def _read_at_most(stream: BinaryIO, limit: int) -> bytearray:
             break
         buf += chunk
     return buf
+
+
+def _count_at_most(stream: BinaryIO, limit: int) -> int:
+    """How many bytes the stream holds, up to `limit`, read in chunks and dropped: memory stays one chunk."""
+    held = 0
+    while held < limit and (chunk := stream.read(min(_CHUNK, limit - held))):
+        held += len(chunk)
+    return held
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -201,8 +220,8 @@ def read_npz(path: str | os.PathLike, *, test_only: bool = False) -> MnistData:
     path = Path(path).expanduser()
     keys = TEST_KEYS if test_only else tuple(IDX_NAMES)
     try:
-        with zipfile.ZipFile(path) as zf:
-            held = [name.removesuffix(".npy") for name in zf.namelist()]
+        with open_regular(path, ".npz") as raw, zipfile.ZipFile(raw) as zf:
+            held = [name.removesuffix(".npy") for name in zf.namelist() if name.endswith(".npy")]
             missing = [key for key in keys if key not in held]
             if missing:
                 raise MnistCnnError(f"{path}: missing arrays {', '.join(missing)} (a Keras-style mnist.npz holds "
@@ -234,6 +253,7 @@ def _read_npy(zf: zipfile.ZipFile, key: str, where: str) -> np.ndarray:
         if dtype.hasobject:
             raise MnistCnnError(f"{where}: holds Python objects (dtype {dtype}); refusing to unpickle")
         nbytes = math.prod(shape) * dtype.itemsize
+        DATA_BYTES.check(nbytes, f"{where}: the header's shape {shape}")
         body = _read_at_most(f, nbytes + 1)
     if len(body) != nbytes:
         raise MnistCnnError(f"{where}: the header declares shape {shape} ({nbytes:,} bytes of data) "
@@ -267,12 +287,12 @@ def load_mnist(path: str | os.PathLike | None = None, *, verify: bool = True, te
     """
     directory = bundled_mnist_dir() if path is None else Path(path).expanduser()
     keys = TEST_KEYS if test_only else tuple(IDX_NAMES)
-    if path is None or directory.is_dir():
+    if path is None or is_dir(directory):
         files, arrays = _read_idx_dir(directory, keys)
         if path is None and verify:
             _check_canonical(files, arrays)
         return _to_data(arrays, files, "bundled" if path is None else str(directory))
-    if directory.is_file():
+    if is_file(directory):
         return read_npz(directory, test_only=test_only)
     raise MnistCnnError(f"{directory}: no such file or directory "
                         "(expected a directory of IDX files or a Keras-style .npz file)")

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .budgets import DOCUMENT_BYTES, describe, read_bytes
 from .errors import MnistCnnError
 
 
@@ -66,12 +67,34 @@ def read_document(path: str | os.PathLike, what: str, suffixes: tuple[str, ...] 
         raise MnistCnnError(f"{path}: unknown {what} file type {suffix or 'without a suffix'!r}; "
                             f"expected {', '.join(suffixes[:-1])} or {suffixes[-1]}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise MnistCnnError(f"cannot read {what} file {path}: {getattr(e, 'strerror', None) or e}") from None
+        text = read_bytes(path, DOCUMENT_BYTES, what).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MnistCnnError(f"cannot read {what} file {describe(path)}: not UTF-8 text ({e.reason} at byte "
+                            f"{e.start})") from None
     try:
-        return _PARSERS[suffix](text)
+        return _plain_values(_PARSERS[suffix](text))
     except MnistCnnError as e:
-        raise MnistCnnError(f"{path}: {e}") from None
+        raise MnistCnnError(f"{describe(path)}: {e}") from None
+    except RecursionError:
+        raise MnistCnnError(f"{describe(path)}: nested too deeply to read") from None
     except Exception as e:  # each parser has its own error type; all mean "not valid syntax"
-        raise MnistCnnError(f"{path}: not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+        raise MnistCnnError(f"{describe(path)}: not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain_values(document: Any) -> Any:
+    """`document` if it holds only what JSON can (TOML and YAML also have dates and times, which no option takes);
+    walked with a stack, not recursion, so any depth the parser accepted is checked."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif not isinstance(value, _PLAIN):
+            raise MnistCnnError(f"holds a {type(value).__name__} ({value!r}); options take strings, numbers, "
+                                "booleans, lists and tables (quote a date to keep it as text)")
+    return document

@@ -26,13 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_write_json, make_dir
+from .atomic import atomic_write_json
+from .budgets import describe, exists, is_dir
 from .data import MnistData, load_mnist, recorded_path, split_validation
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluation import evaluate, metrics_from_logits, predict_logits
 from .inputs import as_model_input
 from .models import SpecModel, build_model, count_params
-from .runs import ENSEMBLE_FILE, Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_json, save_tensors
+from .rundir import check_out, claim
+from .runs import (ENSEMBLE_FILE, Run, check_declared, checked_config, checkpoint_paths, fill_weights, load_run,
+                   load_tensors, read_json, save_tensors)
 from .spec import parse_spec
 from .training.config import PLACEMENT
 
@@ -175,18 +178,26 @@ def save_ensemble(path: str | os.PathLike, model: EnsembleModel, extra: dict[str
 def load_ensemble_model(path: str | os.PathLike) -> EnsembleModel:
     """Rebuild an EnsembleModel from its file (or the directory holding ENSEMBLE_FILE)."""
     path = Path(path)
-    file = path / ENSEMBLE_FILE if path.is_dir() else path
-    if not file.exists():
+    file = path / ENSEMBLE_FILE if is_dir(path) else path
+    if not exists(file):
         raise MnistCnnError(f"{path} is not an ensemble: {file.name} not found (make one with "
                             f"`mnist-cnn ensemble RUN_DIR... --out {path}`)")
     tensors, meta = load_tensors(file)
     desc = meta.get("ensemble")
-    if not isinstance(desc, dict) or not desc.get("members"):
+    if not isinstance(desc, dict) or not isinstance(desc.get("members"), list) or not desc["members"]:
         raise MnistCnnError(f"{file} holds no ensemble description in its metadata (is it a single model? "
                             f"open it with load_run)")
-    members = [build_model(parse_spec(m["spec"], f"{file} member {i}")) for i, m in enumerate(desc["members"])]
+    specs = [parse_spec(_member_spec(m, file, i), f"{file} member {i}") for i, m in enumerate(desc["members"])]
+    check_declared(specs, tensors, file)
+    members = [build_model(spec) for spec in specs]
     model = EnsembleModel(members, desc.get("shifts"), [m.get("source", "") for m in desc["members"]])
     return fill_weights(model, tensors, f"{file}: weights do not fit the member specs")
+
+
+def _member_spec(member: Any, file: Path, i: int) -> Any:
+    if not isinstance(member, dict) or "spec" not in member:
+        raise MnistCnnError(f"{file}: ensemble member {i} in its metadata has no spec (the file was edited or damaged)")
+    return member["spec"]
 
 
 @dataclass
@@ -220,10 +231,10 @@ class EnsembleRun:
 def load_ensemble(path: str | os.PathLike) -> EnsembleRun:
     """Open an ensemble directory (or its .safetensors file), like runs.load_run opens a run."""
     path = Path(path)
-    base = path if path.is_dir() else path.parent
+    base = path if is_dir(path) else path.parent
     model = load_ensemble_model(path)
-    return EnsembleRun(base, model, read_json(base / "config.json", {}), read_json(base / "metrics.json", {}),
-                       file=None if path.is_dir() else path)
+    return EnsembleRun(base, model, checked_config(base / "config.json", ("data", "limit_test")),
+                       read_json(base / "metrics.json", {}), file=None if is_dir(path) else path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,12 +303,9 @@ def check_ensemble_out(out: str | os.PathLike) -> Path:
     if out.suffix == ".safetensors":  # save_ensemble's single file; a command writes a whole folder
         raise MnistCnnError(f"--out {out}: an ensemble is written as a folder (ensemble.safetensors, metrics.json, "
                             "config.json inside); give a folder name")
-    for path in (out, out / "members"):
-        if path.exists() and not path.is_dir():
-            raise MnistCnnError(f"{path} is a file, not a folder; write the ensemble to another --out")
-    existing = read_json(out / "config.json", {})
-    if existing and existing.get("kind") != "ensemble":  # a training run lives there
-        raise MnistCnnError(f"{out} holds a training run; write the ensemble to another --out")
+    check_out(out, "ensemble")
+    if exists(out / "members") and not (out / "members").is_dir():
+        raise MnistCnnError(f"{describe(out / 'members')} is a file, not a folder; write the ensemble to another --out")
     return out
 
 
@@ -305,14 +313,14 @@ def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[s
                    data: str | os.PathLike | None = None, limit_test: int | None = None) -> Path:
     """The ensemble directory: ensemble.safetensors + metrics.json + config.json (its members, and the test data
     it was measured on, which `mnist-cnn evaluate ENSEMBLE_DIR` tests again as it does for a run)."""
-    out = make_dir(check_ensemble_out(out))
-    save_ensemble(out, model)
-    atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_json(out / "config.json", {"kind": "ensemble", "members": model.sources,
-                                            "shifts": [list(s) for s in model.shifts],
-                                            "data": None if data is None else recorded_path(data),
-                                            "limit_test": limit_test})
-    return out
+    with claim(check_ensemble_out(out), "ensemble") as folder:
+        save_ensemble(folder, model)
+        atomic_write_json(folder / "metrics.json", metrics)
+        atomic_write_json(folder / "config.json", {"kind": "ensemble", "members": model.sources,
+                                                   "shifts": [list(s) for s in model.shifts],
+                                                   "data": None if data is None else recorded_path(data),
+                                                   "limit_test": limit_test})
+    return folder
 
 
 def members_data(runs: Sequence[Run], data: str | os.PathLike | None = None) -> tuple[str | os.PathLike | None,
@@ -354,11 +362,11 @@ def train_members(config: Any, n: int, *, data: MnistData | None = None, out: st
     seeds = list(seeds) if seeds is not None else [config.seed + k for k in range(n)]
     if len(seeds) != n:
         raise MnistCnnError(f"got {len(seeds)} seeds for {n} members")
-    base = check_ensemble_out(out or config.out or "runs/ensemble") / "members"
-    runs = []
-    for seed in seeds:
-        member = dataclasses.replace(config, seed=seed, out=str(base / f"seed-{seed}"))
-        runs.append(reuse_or_train(member, data=data, log=log))
+    with claim(check_ensemble_out(out or config.out or "runs/ensemble"), "ensemble") as folder:
+        runs = []  # each member is a run folder of its own under the ensemble's, which is marked as one first
+        for seed in seeds:
+            member = dataclasses.replace(config, seed=seed, out=str(folder / "members" / f"seed-{seed}"))
+            runs.append(reuse_or_train(member, data=data, log=log))
     return runs
 
 

@@ -30,10 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_bytes, atomic_write_json, make_dir
+from .budgets import Budget
 from .data import MnistData, load_mnist
 from .documents import read_document
 from .errors import MnistCnnError, TrainingInterrupted
 from .training.optim import improved
+
+
+#: cells of one grid (each trains `seeds` runs): 9 axes of 10 values would be 10^9 of them
+GRID_CELLS = Budget("MNIST_CNN_MAX_GRID_CELLS", 10_000, "cells")
 
 
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
@@ -87,6 +92,8 @@ def check_grid(raw: Any, source: str = "grid", default_name: str = "experiment")
     seeds = raw.get("seeds", 3)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise MnistCnnError(f"{source}: 'seeds' must be a positive integer, got {seeds!r}")
+    GRID_CELLS.check(math.prod(len(values) for values in flat_axes.values()), f"{source}: the grid's cells (the "
+                     f"product of its {len(flat_axes)} axes' lengths)")  # counted before one is built
     grid = {"name": str(raw.get("name") or default_name), "description": str(raw.get("description", "")),
             "seeds": seeds, "base": base, "axes": flat_axes}
     for cell in cells(grid):  # every cell must make a valid config: fail before hours of training, not during

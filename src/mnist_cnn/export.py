@@ -199,6 +199,9 @@ def check_parity(run: Openable, path: str | os.PathLike, x: Any, fmt: str | None
     got = run_exported(path, x, fmt)
     if got.shape != expected.shape:
         raise MnistCnnError(f"{path}: output shape {got.shape} differs from PyTorch's {expected.shape}")
+    for outputs, where in ((expected, "the PyTorch model's"), (got, f"the exported {path}'s")):
+        if not np.isfinite(outputs).all():  # a nan difference compares false with every tolerance: never a pass
+            raise MnistCnnError(f"{where} outputs hold NaN or infinite values on the check images; not exported")
     return float(np.abs(got - expected).max()) if expected.size else 0.0
 
 

@@ -65,12 +65,18 @@ def _nchw(x: torch.Tensor, name: str, size: tuple[int, int] | None) -> torch.Ten
     return x
 
 
+def _exact(value: float) -> str:
+    """Every digit a float has (1.0000000000000002 is not 1), without a whole number's '.0'."""
+    return repr(value).removesuffix(".0")
+
+
 def _check_range(x: torch.Tensor, name: str) -> None:
     low, high = (x.min().item(), x.max().item()) if x.numel() else (0.0, 0.0)  # NaN comes out as min and max
     if x.is_floating_point() and not (0 <= low and high <= 1):
-        hint = ": divide 0..255 pixels by 255" if 1 < high <= 255 else ""
-        raise InputError("range", f"{name}: float images must be in [0, 1], got values in [{low:.10g}, {high:.10g}]"
-                                  f"{hint}")
+        hint = ": divide 0..255 pixels by 255" if 1.5 < high <= 255 else " (above 1)" if 1 < high <= 1.5 else \
+            " (below 0)" if -0.5 <= low < 0 else ""
+        raise InputError("range", f"{name}: float images must be in [0, 1], got values in [{_exact(low)}, "
+                                  f"{_exact(high)}]{hint}")
     if not x.is_floating_point() and not (0 <= low and high <= 255):
         raise InputError("range", f"{name}: integer images must be 0..255, got values in [{low:g}, {high:g}]")
 

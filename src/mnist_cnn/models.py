@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,7 +80,7 @@ def _layer_module(layer: Layer, in_shape: tuple[int, ...]) -> nn.Module:
     if layer.type == "Dropout":
         return Dropout(a["rate"])
     if layer.type == "Flatten":
-        return KerasReshape([int(torch.tensor(in_shape).prod())])
+        return KerasReshape([math.prod(in_shape)])
     if layer.type == "BatchNormalization":
         # Keras's momentum m keeps m of the old statistic; PyTorch's momentum is the new share, 1 - m
         return BatchNorm(in_shape[-1], eps=a["epsilon"], momentum=1.0 - a["momentum"])

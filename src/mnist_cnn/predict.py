@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
+from .budgets import is_dir
 from .errors import MnistCnnError
 from .evaluation import predict_logits
 from .inputs import InputError, as_model_input
@@ -26,7 +27,11 @@ from .sources import Openable, open_model
 
 def predict_proba(model: nn.Module, x: Any) -> np.ndarray:
     """Softmax probabilities [N, 10] for images x (any form `inputs.as_model_input` accepts), in eval mode."""
-    return torch.softmax(predict_logits(model, x), dim=1).cpu().numpy()
+    probabilities = torch.softmax(predict_logits(model, x), dim=1).cpu().numpy()
+    if not np.isfinite(probabilities).all():  # JSON would show them as null: name the model instead
+        raise MnistCnnError(f"the model {getattr(model, 'name', type(model).__name__)} gave NaN or infinite scores "
+                            "for these images (its weights hold NaN or overflow)")
+    return probabilities
 
 
 def describe(probabilities: np.ndarray, k: int = 3) -> dict[str, Any]:
@@ -76,7 +81,7 @@ def image_files(paths: Sequence[ImageSource]) -> list[ImageSource]:
     """The images as given, with each folder replaced by its image files (by suffix, sorted, not its subfolders)."""
     files: list[ImageSource] = []
     for path in paths:
-        if not isinstance(path, (str, os.PathLike)) or not Path(path).is_dir():  # bytes and images pass as they are
+        if not isinstance(path, (str, os.PathLike)) or not is_dir(path):  # bytes and images pass as they are
             files.append(path)
             continue
         found = sorted(f for f in Path(path).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())

@@ -83,6 +83,20 @@ def decode_image(source: ImageSource, *, name: str | None = None, max_pixels: in
 
 
 def _decode(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
+    """Pillow's own warnings (a TIFF's corrupt EXIF, a truncated read, each printed with Pillow's install path) are
+    caught: dropped when the image decodes, and the first folded into the one-line error when it does not."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _decode_quietly(fp, label, max_pixels)
+        except ImageError as e:
+            said = [str(w.message).splitlines()[0] for w in caught if str(w.message).strip()]
+            if not said:
+                raise
+            raise ImageError(f"{e} (Pillow warned: {said[0]})", e.code) from e
+
+
+def _decode_quietly(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     limit = f"over {max_pixels:,} pixels; refused before decoding"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .budgets import DOCUMENT_BYTES, WEIGHTS_BYTES, describe, exists, is_dir, is_file, read_bytes
 from .data import MnistData, load_mnist
 from .errors import MnistCnnError
 from .models import SpecModel, build_model, count_params
@@ -67,29 +69,57 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if path.suffix.lower() == ".onnx":  # an export of ours, most likely: say what is wanted instead
         raise MnistCnnError(f"{path} is an ONNX model, which onnxruntime runs; mnist-cnn reads a run directory or "
                             "its .safetensors weights")
+    raw = read_bytes(path, WEIGHTS_BYTES, "weights")
+    head = raw[:9]
+    pickled = head[:1] == b"\x80" or head[:4] == b"PK\x03\x04" or path.suffix.lower() in PICKLE_SUFFIXES
+    if pickled and head[8:9] != b"{":  # a safetensors file starts with its header's length, then '{'
+        raise MnistCnnError(f"{path}: refusing to load a PyTorch/pickle file: unpickling can run arbitrary "
+                            "code; mnist-cnn reads only safetensors + JSON (a run directory or its "
+                            "model.safetensors)")
     try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-            pickled = head[:1] == b"\x80" or head[:4] == b"PK\x03\x04" or path.suffix.lower() in PICKLE_SUFFIXES
-            if pickled and head[8:9] != b"{":  # a safetensors file starts with its header's length, then '{'
-                raise MnistCnnError(f"{path}: refusing to load a PyTorch/pickle file: unpickling can run arbitrary "
-                                    "code; mnist-cnn reads only safetensors + JSON (a run directory or its "
-                                    "model.safetensors)")
-            raw = head + f.read()
-    except OSError as e:
-        raise MnistCnnError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
+        header = _safetensors_header(raw)
         tensors = st_load(raw)
-        header_len = int.from_bytes(raw[:8], "little")
-        str_meta = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as e:
+        str_meta = header.get("__metadata__") or {}
+        if not all(isinstance(v, str) for v in str_meta.values()):
+            raise ValueError("metadata values must be strings")
+    except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError, AttributeError, KeyError, TypeError) as e:
         raise MnistCnnError(f"{path} is damaged or not a safetensors file ({str(e).splitlines()[0]})") from None
     if str_meta.get("format") != FORMAT:
         raise MnistCnnError(f"{path} was not written by mnist-cnn (format {str_meta.get('format')!r}, "
                             f"expected {FORMAT!r})")
     if str_meta.get("sha256") != _digest(tensors, str_meta):
         raise MnistCnnError(f"{path} is damaged: its checksum does not match its contents")
-    return tensors, {k: json.loads(v) for k, v in str_meta.items() if k not in ("format", "sha256")}
+    try:
+        meta = {k: json.loads(v) for k, v in str_meta.items() if k not in ("format", "sha256")}
+    except (ValueError, RecursionError) as e:
+        raise MnistCnnError(f"{path}: its metadata is not valid JSON ({str(e).splitlines()[0]})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise MnistCnnError(f"{path}: tensor {name!r} holds NaN or infinite values; a model with them predicts "
+                                "nothing (retrain, or resume from an earlier checkpoint)")
+    return tensors, meta
+
+
+def _safetensors_header(raw: bytes) -> dict[str, Any]:
+    """The JSON header of a safetensors file, whose tensors' declared sizes must add up to the bytes present:
+    checked before anything is allocated, so a tiny file cannot claim a large model."""
+    if len(raw) < 8:
+        raise ValueError("shorter than the 8-byte header length")
+    header_len = int.from_bytes(raw[:8], "little")
+    if header_len > len(raw) - 8:
+        raise ValueError(f"its header claims {header_len:,} bytes, the file holds {len(raw) - 8:,}")
+    header = json.loads(raw[8:8 + header_len])
+    if not isinstance(header, dict):
+        raise TypeError("its header is not a JSON object")
+    declared = 0
+    for name, entry in header.items():
+        if name != "__metadata__":
+            _, end = entry["data_offsets"]
+            declared = max(declared, end)
+    if declared != len(raw) - 8 - header_len:
+        raise ValueError(f"its tensors declare {declared:,} bytes of data, the file holds "
+                         f"{len(raw) - 8 - header_len:,}")
+    return header
 
 
 def save_weights(path: str | os.PathLike, model: SpecModel, extra: dict[str, Any] | None = None) -> Path:
@@ -101,8 +131,22 @@ def load_weights(path: str | os.PathLike) -> SpecModel:
     tensors, meta = load_tensors(path)
     if "spec" not in meta:
         raise MnistCnnError(f"{path} holds no model spec in its metadata (is it a checkpoint or an ensemble?)")
-    model = build_model(parse_spec(meta["spec"], str(path)))
-    return fill_weights(model, tensors, f"{path}: weights do not fit its spec")
+    spec = parse_spec(meta["spec"], str(path))
+    check_declared([spec], tensors, path)
+    return fill_weights(build_model(spec), tensors, f"{path}: weights do not fit its spec")
+
+
+def check_declared(specs: list[ModelSpec], tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse specs whose weights outnumber those in the file before building them: a few hundred bytes of
+    metadata must not allocate a 99M-parameter model. Counted on the meta device, which allocates nothing."""
+    declared = 0
+    for spec in specs:
+        with torch.device("meta"):
+            declared += sum(t.numel() for t in SpecModel(spec).state_dict().values())
+    present = sum(t.numel() for t in tensors.values())
+    if declared > present:
+        raise MnistCnnError(f"{describe(path)}: its metadata's spec{'s' if len(specs) > 1 else ''} declare "
+                            f"{declared:,} weights, but the file holds {present:,}: it is damaged or was edited")
 
 
 def fill_weights(model: M, tensors: dict[str, torch.Tensor], mismatch: str) -> M:
@@ -152,12 +196,13 @@ class Run:
 
 def read_json(path: Path, default: Any) -> Any:
     """The JSON in `path` (`default` when there is no such file); it must be of `default`'s type (dict/list)."""
-    if not path.exists():
+    if not exists(path):
         return default
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise MnistCnnError(f"{path} is not valid JSON ({e})") from None
+        value = json.loads(read_bytes(path, DOCUMENT_BYTES, "JSON"))
+    except (ValueError, RecursionError) as e:
+        raise MnistCnnError(f"{describe(path)} is not valid JSON ({str(e).splitlines()[0] or 'nested too deeply'})"
+                            ) from None
     if not isinstance(value, type(default)):
         raise MnistCnnError(f"{path}: expected a JSON {'object' if isinstance(default, dict) else 'list'}, "
                             f"got {type(value).__name__}")
@@ -172,26 +217,40 @@ def load_run(run_dir: str | os.PathLike | Run) -> Run:
     if isinstance(run_dir, Run):
         return run_dir
     path = Path(run_dir)
-    if not path.exists():
+    if not exists(path):
         raise MnistCnnError(f"{path} does not exist: expected a run directory or its model.safetensors")
-    weights = path if path.is_file() else path / "model.safetensors"
-    if (path / ENSEMBLE_FILE).exists():
+    weights = path if is_file(path) else path / "model.safetensors"
+    if exists(path / ENSEMBLE_FILE):
         raise MnistCnnError(f"{path} is an ensemble directory, not a run directory: evaluate, predict, export and "
                             f"serve take it; report and explain take one of its members (its config.json lists them)")
-    if not weights.exists() and path.is_dir() and read_json(path / "config.json", {}).get("kind") == "ensemble":
+    if not exists(weights) and is_dir(path) and read_json(path / "config.json", {}).get("kind") == "ensemble":
         raise MnistCnnError(f"{path} is an ensemble directory without its {ENSEMBLE_FILE}: make it again with "
                             f"`mnist-cnn ensemble RUN_DIR... --out {path}`")
-    if not weights.exists() and (checkpoint_paths(path) or (path / "spec.json").exists()):
+    if not exists(weights) and (checkpoint_paths(path) or exists(path / "spec.json")):
         raise MnistCnnError(f"{path} holds an interrupted run (no model.safetensors yet); finish it with "
                             f"`mnist-cnn train --resume {path}`")
-    if not weights.exists():
+    if not exists(weights):
         raise MnistCnnError(f"{path} is not a run directory: {weights.name} not found (train one with "
                             f"`mnist-cnn train --out {path}`)")
     base = weights.parent
     if weights.name != "model.safetensors":  # a weights file on its own: JSON files beside it are not its run's
         return Run(base, load_weights(weights), weights=weights)
-    return Run(base, load_weights(weights), read_json(base / "config.json", {}),
+    return Run(base, load_weights(weights), checked_config(base / "config.json"),
                _checked_history(base / "history.json"), read_json(base / "metrics.json", {}))
+
+
+def checked_config(path: Path, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """config.json as read back, its options (or those in `only`) held to TrainConfig's own validation: a file
+    edited by hand gets one line, not a traceback where a value is used ("data": 5, "limit_test": -5)."""
+    config = read_json(path, {})
+    from .training.config import TrainConfig, validate  # here: training imports this module
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)} & set(only or config)
+    try:
+        validate(TrainConfig(**{k: config[k] for k in known if k in config}))
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{describe(path)}: {e}") from None
+    return config
 
 
 def _checked_history(path: Path) -> list[dict[str, Any]]:
@@ -276,10 +335,26 @@ def latest_checkpoint(run_dir: Path, warn=print) -> tuple[dict[str, torch.Tensor
         raise MnistCnnError(f"{run_dir} has no checkpoints to resume from (looked in {run_dir / 'checkpoints'})")
     for path in paths:
         try:
-            return load_tensors(path)
+            return _checked_checkpoint(path, *load_tensors(path))
         except MnistCnnError as e:
             aside = path.with_name(path.name + DAMAGED)
             with contextlib.suppress(OSError):  # another torchrun process may have moved it already
                 path.replace(aside)  # out of the rotation, which would otherwise delete a good one before it
             warn(f"warning: skipping checkpoint: {e} (kept as {aside.name})")
     raise MnistCnnError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged; cannot resume")
+
+
+#: what a checkpoint's metadata holds, with the JSON type of each (train's checkpoint state writes them)
+CHECKPOINT_META = {"step": int, "history": list, "waited": int, "optimizer": dict, "config": dict, "spec": dict}
+
+
+def _checked_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint whose metadata has every entry resuming reads, of the right type (and its sums tensor)."""
+    for key, kind in CHECKPOINT_META.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise MnistCnnError(f"{path}: its metadata has no {kind.__name__} {key!r} "
+                                f"(got {reprlib.repr(meta.get(key))})")
+    if "best" not in meta or "sums" not in tensors:
+        raise MnistCnnError(f"{path}: its metadata has no 'best', or it holds no 'sums' tensor")
+    return tensors, meta

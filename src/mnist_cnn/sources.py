@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol, Union, runtime_checkable
 import torch
 from torch import nn
 
+from .budgets import describe, exists, is_dir
 from .ensemble import EnsembleRun, load_ensemble
 from .errors import MnistCnnError
 from .evaluation import predict_logits
@@ -87,7 +88,7 @@ Openable = Union[ModelSource, nn.Module, str, "os.PathLike[str]"]
 def _reader(path: Path) -> Callable[[Path], ModelSource]:
     """Which reader opens a path: the single dispatch point for files and directories.
     Keras files (.h5, .keras) are routed here when keras_io's reader is wired in."""
-    if (path.is_dir() and (path / ENSEMBLE_FILE).exists()) or path.name == ENSEMBLE_FILE:
+    if (is_dir(path) and exists(path / ENSEMBLE_FILE)) or path.name == ENSEMBLE_FILE:
         return load_ensemble
     return load_run
 
@@ -102,15 +103,15 @@ def open_model(source: Openable) -> ModelSource:
         raise MnistCnnError(f"expected a model (a torch nn.Module, e.g. run.model), a Run or an EnsembleRun, or a "
                             f"run or ensemble directory, got {type(source).__name__}")
     path = Path(source)
-    if not path.exists():
-        raise MnistCnnError(f"{path} does not exist: expected a run or ensemble directory (or its .safetensors file)")
+    if not exists(path):
+        raise MnistCnnError(f"{describe(path)} does not exist: expected a run or ensemble directory (or its .safetensors file)")
     return _reader(path)(path)
 
 
 def open_run(source: Openable) -> Run:
     """`open_model` for what shows one trained model with its spec and history (report, explain): not an ensemble."""
-    if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
-        raise MnistCnnError(f"{source} does not exist: expected a run directory or its model.safetensors")
+    if isinstance(source, (str, os.PathLike)) and not exists(source):
+        raise MnistCnnError(f"{describe(source)} does not exist: expected a run directory or its model.safetensors")
     opened = open_model(source)
     if isinstance(opened, EnsembleRun):
         raise MnistCnnError(f"{opened.source} is an ensemble directory, not a run directory: evaluate, predict, export "

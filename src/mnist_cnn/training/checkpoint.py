@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..budgets import exists
 from ..errors import MnistCnnError
 from ..models import SpecModel, build_model
 from ..runs import has_trained, latest_checkpoint, read_json, save_checkpoint
@@ -92,7 +93,7 @@ def resumed_config(out: Path, config: TrainConfig | None, overrides: dict[str, A
         allowed = ", ".join("{" + name + "}" for name in ("epochs", *PLACEMENT[:-1]))
         raise OptionError(f"{{resume}} continues {escape(str(out))} with its saved settings; only {allowed} and "
                           f"{{{PLACEMENT[-1]}}} may be given with it, got {{{refused[0]}}}")
-    if not (out / "config.json").exists():
+    if not exists(out / "config.json"):
         raise MnistCnnError(f"cannot resume {out}: no config.json there (is it a run directory?)")
     saved = read_json(out / "config.json", {})
     unknown = sorted(set(saved) - set(FIELDS))

@@ -56,6 +56,7 @@ class TrainConfig:
                                 elsewhere={"ensemble": "recipe of the trained members (default with --train: best)"})
     model_options: dict[str, Any] = option(factory=dict, compound=("kernel_size", "filters", "no_dropout"))
     data: str | None = option(None, _DATA_HELP, none_means="the bundled MNIST",
+                              checks=[optional(Check(lambda v: isinstance(v, (str, os.PathLike)), "must be a path"))],
                               elsewhere={"ensemble": None, "experiment": None})
     epochs: int = option(5, "epochs to train", checks=[POSITIVE],
                          elsewhere={"ensemble": "epochs of the trained members (default: the recipe's)",

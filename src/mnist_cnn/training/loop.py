@@ -14,6 +14,7 @@ import dataclasses
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +24,13 @@ import torch
 
 from ..atomic import atomic_write_json, make_dir
 from ..augment import Augment, affine_matrices
+from ..budgets import exists
 from ..data import MnistData, load_mnist, recorded_path, split_validation
 from ..errors import MnistCnnError
 from ..evaluation import evaluate, loss_and_accuracy, predict_logits
 from ..inputs import to_float
 from ..models import default_memory_format
+from ..rundir import claim
 from ..runs import Run, load_weights, remove_run_files, save_weights, write_history
 from ..spec import ModelSpec, parse_spec
 from .checkpoint import Checkpoint, TrainState, epochs_text, reconcile, resumed_config
@@ -73,18 +76,21 @@ def train(config: TrainConfig | None = None, data: MnistData | str | os.PathLike
     threads = torch.get_num_threads()
     try:
         # training seeds torch's generator; the caller's is left as it was, and so is its thread count
-        with StopSignals(enabled=procs.world == 1) as signals, torch.random.fork_rng(devices=[]):
-            return _train(config, data, resume, overwrite, log, options, procs, signals)
+        # `held` keeps the run folder's lock until the run is written
+        with StopSignals(enabled=procs.world == 1) as signals, torch.random.fork_rng(devices=[]), ExitStack() as held:
+            return _train(config, data, resume, overwrite, log, options, procs, signals, held)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Path | None, overwrite: bool, log: Log,
-           options: dict[str, Any], procs: Processes, signals: StopSignals) -> Run:
+           options: dict[str, Any], procs: Processes, signals: StopSignals, held: ExitStack) -> Run:
     config, checkpoint = _config(config, resume, options, log)
     out = _out_dir(config, resume is not None or overwrite)
     device = procs.start(config.device)
     out = Path(config.out) if config.out else procs.agree_on(out)
+    if procs.is_main:  # rank 0 writes the run folder; torchrun's other ranks follow it
+        held.enter_context(claim(out, "run"))
     torch.set_num_threads(procs.threads(config.threads))
     say = log if procs.is_main and config.verbose else _quiet
     config, split = _load_data(config, data, device)
@@ -217,7 +223,7 @@ def _finish(state: TrainState, config: TrainConfig, spec: ModelSpec, split: Spli
     procs.barrier()  # rank 0 may still be writing best.safetensors (NCCL's all_reduce does not block the host)
     metrics: dict[str, Any] = {}
     try:
-        if config.restore_best and (out / "best.safetensors").exists():
+        if config.restore_best and exists(out / "best.safetensors"):
             final = load_weights(out / "best.safetensors").to(split.x_train.device)
             say("Restored the best weights on " + config.monitor)
         if procs.is_main:
@@ -254,7 +260,7 @@ def _config(config: TrainConfig | None, resume: str | Path | None, options: dict
 
 def _out_dir(config: TrainConfig, may_hold_a_run: bool) -> Path:
     out = Path(config.out) if config.out else _default_out(config.model)
-    if not may_hold_a_run and ((out / "config.json").exists() or (out / "checkpoints").exists()):
+    if not may_hold_a_run and (exists(out / "config.json") or exists(out / "checkpoints")):
         where = escape(str(out))
         raise OptionError(f"{where} already holds a run; continue it with {{resume}} {where}, or choose another "
                           "{out}")
@@ -265,7 +271,7 @@ def _default_out(model: str) -> Path:
     """runs/MODEL-YYYYmmdd-HHMMSS, then -2, -3, ... for runs started in the same second."""
     base = Path("runs") / f"{Path(model).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     out, n = base, 1
-    while out.exists():
+    while exists(out):
         n += 1
         out = base.with_name(f"{base.name}-{n}")
     return out

@@ -82,8 +82,28 @@ def decode_image(source: ImageSource, *, name: str | None = None, max_pixels: in
         raise ImageError(f"{label}: cannot read file ({e.strerror or e})", "unreadable") from e
 
 
+def decoded_size(data: bytes, *, name: str | None = None, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) that decoding `data` would produce (a large JPEG at libjpeg's reduced scale), read from
+    the header alone: lets a caller budget the pixels of several images before decoding any."""
+    with _open(io.BytesIO(bytes(data)), image_name(data, name), max_pixels) as im:
+        return im.size
+
+
 def _decode(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
+
+    im = _open(fp, label, max_pixels)
+    try:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    except Exception as e:  # damaged data can make Pillow's decoders raise any type (TypeError for a bad TIFF tag)
+        raise ImageError(f"{label}: truncated or corrupt image data ({e})", "truncated_image") from e
+    return _pixels(im, label)
+
+
+def _open(fp: io.BufferedIOBase, label: str, max_pixels: int) -> Image.Image:
+    """The image's header, opened lazily; refused when the size to decode is over `max_pixels`."""
+    from PIL import Image, UnidentifiedImageError
 
     limit = f"over {max_pixels:,} pixels; refused before decoding"
     with warnings.catch_warnings():
@@ -101,16 +121,12 @@ def _decode(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
     try:
         if im.format == "JPEG" and max(w, h) > 2 * WORK_SIDE:
             im.draft(None, (WORK_SIDE, WORK_SIDE))  # libjpeg decodes at 1/2..1/8 scale: a phone photo fits
-        # The bomb check: the size to decode (after a JPEG's draft) decides the memory, so refuse here, before load().
-        if im.size[0] * im.size[1] > max_pixels:
-            raise ImageError(f"{label}: image dimensions too large ({w}x{h}, {limit})", "image_too_large")
-        im.load()
-        im = ImageOps.exif_transpose(im)
-    except ImageError:
-        raise
-    except Exception as e:  # damaged data can make Pillow's decoders raise any type (TypeError for a bad TIFF tag)
+    except Exception as e:
         raise ImageError(f"{label}: truncated or corrupt image data ({e})", "truncated_image") from e
-    return _pixels(im, label)
+    # The bomb check: the size to decode (after a JPEG's draft) decides the memory, so refuse here, before load().
+    if im.size[0] * im.size[1] > max_pixels:
+        raise ImageError(f"{label}: image dimensions too large ({w}x{h}, {limit})", "image_too_large")
+    return im
 
 
 def _pixels(im: Image.Image, label: str) -> np.ndarray:

@@ -32,6 +32,7 @@ LIMITS = {"MNIST_CNN_MAX_CONNECTIONS": "6", "MNIST_CNN_IDLE_TIMEOUT_S": "3", "MN
           "MNIST_CNN_DECODE_THREADS": "1", "MNIST_CNN_MAX_REQUEST_PIXELS": "200000000"}
 BYTE_EVERY_S = 0.5  # a slow client's pace: far inside the idle timeout, so only the whole-request deadline cuts it
 SLOW_BYTES = 30  # 15 s of trickling: well past the 2 s deadline, and a bound when nothing cuts it
+IDLE_CLIENTS = 256  # what took uvicorn's default cap (issue 23): every other client got 503 while they stayed
 
 
 @pytest.fixture(scope="module")
@@ -133,19 +134,29 @@ def test_an_idle_connection_is_closed(server):
     assert closed, "an idle connection was still open after 15 s"
 
 
-def test_connections_over_the_cap_get_a_json_503_and_normal_clients_are_served_once_they_go(server):
+def test_idle_connections_cannot_take_the_server(server):
     host, port = server
     with ExitStack() as stack:
-        for _ in range(int(LIMITS["MNIST_CNN_MAX_CONNECTIONS"])):  # idle clients holding every slot
+        for _ in range(IDLE_CLIENTS):  # each one over the cap closes the longest-idle one
             stack.enter_context(socket.create_connection(server, timeout=10))
+        answer = httpx.get(f"http://{host}:{port}/healthz", timeout=10)
+    assert answer.status_code == 200, answer.text
+
+
+def test_busy_connections_over_the_cap_get_a_json_503_and_normal_clients_are_served_once_they_go(server):
+    host, port = server
+    with ExitStack() as stack:
+        for _ in range(int(LIMITS["MNIST_CNN_MAX_CONNECTIONS"])):  # clients in the middle of sending a request
+            stack.enter_context(socket.create_connection(server, timeout=10)).sendall(b"GET /healthz HTTP/1.1\r\n")
         refused = httpx.get(f"http://{host}:{port}/healthz", timeout=10)
-    assert refused.status_code == 503 and refused.json()["error"] == "busy" and refused.json()["detail"]
-    answers = []
-    for _ in range(50):  # the idle sockets are closed; the server may take a moment to see it
-        answers.append(httpx.get(f"http://{host}:{port}/healthz", timeout=10))
-        if answers[-1].status_code == 200:
-            break
-        time.sleep(0.1)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "busy" and refused.json()["detail"]
+        answers = []
+        for _ in range(100):  # the whole-request deadline (2 s) cuts the stalled requests
+            answers.append(httpx.get(f"http://{host}:{port}/healthz", timeout=10))
+            if answers[-1].status_code == 200:
+                break
+            time.sleep(0.1)
     assert answers[-1].status_code == 200
     assert all(a.status_code == 503 and a.json()["error"] == "busy" for a in answers[:-1])
 

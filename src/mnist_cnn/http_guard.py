@@ -8,8 +8,9 @@ live in the protocol, so this subclass of it makes them:
     the moment it opens as well as between requests;
   * deadline: a request must arrive whole, headers and body, within `request_timeout_s` of its first
     byte, or it gets 408 `request_timeout` and the connection is closed;
-  * cap: a connection opened while `limit_concurrency` are open gets 503 `busy` as soon as its request
-    line and headers arrive, and is closed; the app never sees it;
+  * cap: a connection opened while `limit_concurrency` are open closes the longest-idle one (as nginx does
+    with keep-alive connections), so idle clients never take a working client's place; when none is idle,
+    the new one gets 503 `busy` as soon as its request line and headers arrive, and is closed;
   * every answer it writes itself is the service's JSON `{"error", "detail"}`.
 Use it with `uvicorn --http mnist_cnn.http_guard:GuardedH11Protocol`; `mnist-cnn serve` does.
 """
@@ -46,12 +47,28 @@ class GuardedH11Protocol(H11Protocol):
         self.max_connections, self.limit_concurrency = self.limit_concurrency, None  # our cap answers in JSON
         self.over_cap = False
         self.deadline: asyncio.TimerHandle | None = None
+        self.idle_since = self.loop.time()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.over_cap = self.max_connections is not None and len(self.connections) > self.max_connections
+        self.over_cap = self.max_connections is not None and not self.make_room(self.max_connections)
         # uvicorn arms its keep-alive timer only after a response; arming it now also covers the first request
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def make_room(self, cap: int) -> bool:
+        """True when this connection fits under the cap, once the longest-idle other one is closed if need be."""
+        others = [c for c in self.connections if c is not self and not c.transport.is_closing()]
+        if len(others) < cap:
+            return True
+        idle = [c for c in others if isinstance(c, GuardedH11Protocol) and c.is_idle()]
+        if not idle:
+            return False
+        min(idle, key=lambda c: c.idle_since).timeout_keep_alive_handler()
+        return True
+
+    def is_idle(self) -> bool:
+        """No request in progress: none being received (not even a first byte), none being answered."""
+        return self.deadline is None and self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE
 
     def data_received(self, data: bytes) -> None:
         if self.deadline is None and self.conn.their_state is h11.IDLE:  # the first byte of a request
@@ -61,6 +78,10 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.SEND_BODY and self.conn.their_state is not h11.IDLE:
             self.cancel_deadline()  # the request is in whole (or the connection is failing): the app's time now
+
+    def on_response_complete(self) -> None:
+        self.idle_since = self.loop.time()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_deadline()

@@ -1,10 +1,14 @@
-"""Hostile clients for serve_load.py: idle connections, slow senders and decode-heavy uploads, run in background
-threads against 127.0.0.1 until the `with` block ends. Every loop checks a stop event; nothing outlives the block.
+"""Hostile clients for serve_load.py: idle connections, slow senders and decode-heavy uploads, run in a child
+process (so they do not take the GIL from the normal clients measured beside them) against 127.0.0.1 until the
+`with` block ends. Every loop checks a stop event; nothing outlives the block.
 """
 
 from __future__ import annotations
 
 import io
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.synchronize
 import selectors
 import socket
 import threading
@@ -35,24 +39,44 @@ class Hostile:
     """`with Hostile("idle", host, port) as h: ...normal traffic...`; then h.report() says what they met."""
 
     def __init__(self, scenario: str, host: str, port: int) -> None:
-        self.address, self.stop, self.counts = (host, port), threading.Event(), Counter[str]()
-        self.lock = threading.Lock()
-        work: dict[str, list[Callable[[], None]]] = {
-            "normal": [], "idle": [self.idle], "slow": [self.slow], "heavy": [self.heavy] * HEAVY_CLIENTS}
-        self.threads = [threading.Thread(target=w, daemon=True) for w in work[scenario]]
+        self.stop, (self.results, sender) = multiprocessing.Event(), multiprocessing.Pipe(duplex=False)
+        self.process = multiprocessing.Process(target=Clients(scenario, (host, port), self.stop).run, args=(sender,),
+                                               daemon=True)
+        self.counts: dict[str, int] = {}
 
     def __enter__(self) -> Self:
-        for t in self.threads:
-            t.start()
+        self.process.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        for t in self.threads:
-            t.join(timeout=150)
+        if self.results.poll(180):
+            self.counts = self.results.recv()
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
 
     def report(self) -> dict[str, int]:
-        return dict(sorted(self.counts.items()))
+        return self.counts
+
+
+class Clients:
+    """The scenario's clients, as threads of the child process; `run` sends their counts back when stopped."""
+
+    def __init__(self, scenario: str, address: tuple[str, int], stop: multiprocessing.synchronize.Event) -> None:
+        self.scenario, self.address, self.stop = scenario, address, stop
+        self.counts, self.lock = Counter[str](), threading.Lock()
+
+    def run(self, results: multiprocessing.connection.Connection) -> None:
+        work: dict[str, list[Callable[[], None]]] = {
+            "normal": [], "idle": [self.idle], "slow": [self.slow], "heavy": [self.heavy] * HEAVY_CLIENTS}
+        threads = [threading.Thread(target=w, daemon=True) for w in work[self.scenario]]
+        for t in threads:
+            t.start()
+        self.stop.wait()
+        for t in threads:
+            t.join(timeout=150)
+        results.send(dict(sorted(self.counts.items())))
 
     def count(self, what: str) -> None:
         with self.lock:

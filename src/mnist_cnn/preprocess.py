@@ -15,7 +15,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -89,7 +89,7 @@ def decoded_size(data: bytes, *, name: str | None = None, max_pixels: int = MAX_
         return im.size
 
 
-def _decode(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
+def _decode(fp: IO[bytes], label: str, max_pixels: int) -> np.ndarray:
     from PIL import ImageOps
 
     im = _open(fp, label, max_pixels)
@@ -101,7 +101,7 @@ def _decode(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
     return _pixels(im, label)
 
 
-def _open(fp: io.BufferedIOBase, label: str, max_pixels: int) -> Image.Image:
+def _open(fp: IO[bytes], label: str, max_pixels: int) -> Image.Image:
     """The image's header, opened lazily; refused when the size to decode is over `max_pixels`."""
     from PIL import Image, UnidentifiedImageError
 

@@ -193,7 +193,7 @@ def test_the_app_factory_serves_the_run_named_in_the_environment(trained_run, mo
     monkeypatch.setenv("MNIST_CNN_MAX_BODY_BYTES", "1000")
     client = TestClient(app_from_env())
     assert client.get("/healthz").json()["model"]["run"] == trained_run.path.name
-    r = client.post("/v1/predict", content=one(), headers={"content-type": "image/png"})
+    r = client.post("/v1/predict", content=bytes(1001), headers={"content-type": "image/png"})
     assert r.status_code == 413 and r.json()["error"] == "body_too_large"  # the budget came from the environment
 
 

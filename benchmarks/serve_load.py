@@ -2,11 +2,18 @@
 
     python benchmarks/serve_load.py [--run RUN_DIR] [--requests 2000] [--concurrency 16]
                                     [--time-limit 120] [--payload png|json] [--json-out FILE]
+                                    [--scenario normal|idle|slow|heavy|all]
 
 Starts the server in a subprocess on a free loopback port (training a tiny run first when no
 --run is given), sends the requests from a thread pool of keep-alive httpx clients, stops when
 all are sent or the time limit passes, and reports throughput, p50/p90/p99 latency and errors as
 a table and as JSON. Only loopback addresses are ever contacted.
+
+Scenarios run hostile clients beside that normal traffic, for as long as it lasts (hostile.py):
+idle (300 connections that never send, reopened when the server closes them), slow (20 clients
+sending a request a byte a second), heavy (2 clients uploading 10 images of 2000x2000 back to back,
+alternating with the issue-23 upload of 80 images of 5000x5000). The server's RSS is read before,
+at the peak during, and 3 s after each scenario.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from hostile import SCENARIOS, Hostile
 
 HOST = "127.0.0.1"
 
@@ -141,6 +149,34 @@ def table(result: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def run_scenario(name: str, url: str, pid: int, args: argparse.Namespace) -> dict:
+    """Normal traffic beside the scenario's hostile clients, with the server's memory before, during and after."""
+    before = rss_mb(pid)
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], rss_mb(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with Hostile(name, HOST, int(url.rsplit(":", 1)[1])) as hostile:
+        result = run_load(url, args.requests, args.concurrency, args.time_limit, args.payload)
+    stop.set()
+    sampler.join()
+    time.sleep(3)  # the decode pool goes idle and hands memory back
+    return {"scenario": name, **result, "hostile": hostile.report(),
+            "rss_mb": {"before": before, "peak": peak[0], "after": rss_mb(pid)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="run directory to serve (default: train a tiny one)")
@@ -150,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payload", choices=("png", "json"), default="png",
                         help="png: a 280x280 drawing upload (the page's request); json: one 28x28 array")
     parser.add_argument("--server-threads", type=int, help="torch threads in the server (default: torch's)")
+    parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="normal",
+                        help="hostile clients run beside the normal traffic (all: each in turn, normal first)")
     parser.add_argument("--json-out", type=Path, help="also write the result JSON here")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.time_limit <= 0:
@@ -164,21 +202,24 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(url, proc)
             model = httpx.get(url + "/healthz").json()["model"]
             make_request(args.payload)(httpx.Client(base_url=url))  # warm-up, not counted
-            result = run_load(url, args.requests, args.concurrency, args.time_limit, args.payload)
+            names = SCENARIOS if args.scenario == "all" else (args.scenario,)
+            results = [run_scenario(name, url, proc.pid, args) for name in names]
         finally:
             proc.terminate()
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    result = {"model": model, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                          "python": platform.python_version()}, **result}
-    print(table(result))
+    about = {"model": model, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                         "python": platform.python_version()}}
+    for r in results:
+        print(f"\n{r['scenario']}: {json.dumps(r['hostile'])}, server RSS MB {r['rss_mb']}\n{table(r)}")
+    result = {**about, **results[0]} if len(results) == 1 else {**about, "scenarios": results}
     print(json.dumps(result))
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(result, indent=2) + "\n")
-    return 1 if result["errors"] else 0
+    return 1 if any(r["errors"] for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -31,14 +31,14 @@ def trained_run(mnist, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def start_server():
-    """Start an ASGI app with uvicorn on 127.0.0.1 (a free port) in a thread: call with the app,
-    get its base URL; every server started is stopped at the end of the session."""
+    """Start an ASGI app with uvicorn on 127.0.0.1 (a free port) in a thread: call with the app (and any
+    uvicorn.Config keywords), get its base URL; every server started is stopped at the end of the session."""
     uvicorn = pytest.importorskip("uvicorn", reason="the service needs the 'serve' extra")
 
     servers = []
 
-    def start(app) -> str:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    def start(app, **options) -> str:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", **options)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

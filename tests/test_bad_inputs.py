@@ -362,10 +362,18 @@ HTTP_CASES = [
     ("HTTP body", "upload not an image", {"files": {"file": ("x.png", b"hello", "image/png")}}, 422, "not_an_image"),
     ("HTTP body", "upload is a decompression bomb", {"files": {"file": ("x.png", bomb_png(), "image/png")}}, 413,
      "image_too_large"),
+    # header-only PNGs: decoding them would say truncated_image, so this answer comes before decoding
+    ("HTTP body", "images over the pixel budget of one request", {"files": [
+        ("file", (f"{i}.png", bomb_png(5000, 4000), "image/png")) for i in range(3)]}, 413, "too_many_pixels"),
 ]
 STALLED = ("HTTP body", "stalled mid-body")  # needs a real socket: its own test below
+# Rows about connections rather than bodies: each is a test in tests/test_serve_hostile.py, on a real server.
+CONNECTION_ROWS = [("HTTP connection", "headers or body sent a byte at a time"),
+                   ("HTTP connection", "idle, before a request or between two"),
+                   ("HTTP connection", "more connections open than the cap"),
+                   ("HTTP connection", "malformed request line")]
 
-ALL_ROWS = [c[:2] for c in CLI_CASES] + [c[:2] for c in HTTP_CASES] + [STALLED]
+ALL_ROWS = [c[:2] for c in CLI_CASES] + [c[:2] for c in HTTP_CASES] + [STALLED] + CONNECTION_ROWS
 
 
 # ---------------------------------------------------------------- the tests
@@ -413,20 +421,22 @@ def test_a_bad_http_body_gets_a_4xx_json_error(client, kind, form, request_kwarg
 
 def test_a_stalled_body_gets_408(run_dir, start_server):
     pytest.importorskip("fastapi", reason="the service needs the 'serve' extra")
-    from mnist_cnn.serve import create_app
+    from mnist_cnn.serve import create_app, uvicorn_options
+    from mnist_cnn.serve_limits import ServeLimits
 
-    host, port = start_server(create_app(run_dir, body_timeout_s=0.3)).removeprefix("http://").split(":")
+    url = start_server(create_app(run_dir), **uvicorn_options(ServeLimits(request_timeout_s=0.3)))
+    host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
                   + bytes(10))
         start = time.monotonic()
         reply = b""
-        while b"body_timeout" not in reply and time.monotonic() - start < 10:  # headers and body may come apart
+        while b"request_timeout" not in reply and time.monotonic() - start < 10:  # headers and body may come apart
             chunk = s.recv(4096)
             if not chunk:
                 break
             reply += chunk
-    assert reply.startswith(b"HTTP/1.1 408") and b"body_timeout" in reply
+    assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
     assert time.monotonic() - start < 5
 
 
@@ -441,7 +451,7 @@ def table_rows() -> list[tuple[str, str]]:
 
 def test_the_table_has_a_row_per_case_and_a_case_per_row():
     rows = table_rows()
-    assert len(rows) == len(CLI_CASES) + len(HTTP_CASES) + 1  # + the stalled body
+    assert len(rows) == len(CLI_CASES) + len(HTTP_CASES) + 1 + len(CONNECTION_ROWS)  # + the stalled body
     assert rows == ALL_ROWS
 
 

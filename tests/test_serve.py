@@ -19,6 +19,7 @@ pytest.importorskip("python_multipart", reason="uploads need python-multipart (t
 from images import encode as png
 from images import png_bomb as bomb_header
 
+from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.serve import MAX_IMAGES, create_app
 
 with warnings.catch_warnings():  # starlette 1.x suggests httpx2 for its TestClient; httpx works
@@ -180,3 +181,30 @@ def test_concurrent_requests_on_a_real_server(trained_run, start_server):
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(call, range(32))) == [1] * 32
+
+
+def test_the_app_factory_serves_the_run_named_in_the_environment(trained_run, monkeypatch):
+    from mnist_cnn.serve import app_from_env
+
+    monkeypatch.delenv("MNIST_CNN_RUN", raising=False)
+    with pytest.raises(MnistCnnError, match="MNIST_CNN_RUN is not set"):
+        app_from_env()
+    monkeypatch.setenv("MNIST_CNN_RUN", str(trained_run.path))
+    monkeypatch.setenv("MNIST_CNN_MAX_BODY_BYTES", "1000")
+    client = TestClient(app_from_env())
+    assert client.get("/healthz").json()["model"]["run"] == trained_run.path.name
+    r = client.post("/v1/predict", content=bytes(1001), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large"  # the budget came from the environment
+
+
+def test_service_limits_from_the_environment_are_checked():
+    from mnist_cnn.serve_limits import ServeLimits
+
+    limits = ServeLimits.from_env({"MNIST_CNN_DECODE_THREADS": "3", "MNIST_CNN_REQUEST_TIMEOUT_S": "2.5"})
+    assert (limits.decode_threads, limits.request_timeout_s, limits.max_connections) == (3, 2.5, 256)
+    with pytest.raises(MnistCnnError, match="MNIST_CNN_DECODE_THREADS must be a number, got 'many'"):
+        ServeLimits.from_env({"MNIST_CNN_DECODE_THREADS": "many"})
+    with pytest.raises(MnistCnnError, match="decode_threads must be a positive integer, got 0"):
+        ServeLimits.from_env({"MNIST_CNN_DECODE_THREADS": "0"})
+    with pytest.raises(MnistCnnError, match="unknown service limit 'body_timeout_s'"):
+        ServeLimits.from_env({}, body_timeout_s=1)

@@ -15,7 +15,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -82,7 +82,14 @@ def decode_image(source: ImageSource, *, name: str | None = None, max_pixels: in
         raise ImageError(f"{label}: cannot read file ({e.strerror or e})", "unreadable") from e
 
 
-def _decode(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
+def decoded_size(data: bytes, *, name: str | None = None, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) that decoding `data` would produce (a large JPEG at libjpeg's reduced scale), read from
+    the header alone: lets a caller budget the pixels of several images before decoding any."""
+    with _open(io.BytesIO(bytes(data)), image_name(data, name), max_pixels) as im:
+        return im.size
+
+
+def _decode(fp: IO[bytes], label: str, max_pixels: int) -> np.ndarray:
     """Pillow's own warnings (a TIFF's corrupt EXIF, a truncated read, each printed with Pillow's install path) are
     caught: dropped when the image decodes, and the first folded into the one-line error when it does not."""
     with warnings.catch_warnings(record=True) as caught:
@@ -96,8 +103,21 @@ def _decode(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
             raise ImageError(f"{e} (Pillow warned: {said[0]})", e.code) from e
 
 
-def _decode_quietly(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def _decode_quietly(fp: IO[bytes], label: str, max_pixels: int) -> np.ndarray:
+    from PIL import ImageOps
+
+    im = _open(fp, label, max_pixels)
+    try:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    except Exception as e:  # damaged data can make Pillow's decoders raise any type (TypeError for a bad TIFF tag)
+        raise ImageError(f"{label}: truncated or corrupt image data ({e})", "truncated_image") from e
+    return _pixels(im, label)
+
+
+def _open(fp: IO[bytes], label: str, max_pixels: int) -> Image.Image:
+    """The image's header, opened lazily; refused when the size to decode is over `max_pixels`."""
+    from PIL import Image, UnidentifiedImageError
 
     limit = f"over {max_pixels:,} pixels; refused before decoding"
     with warnings.catch_warnings():
@@ -115,16 +135,12 @@ def _decode_quietly(fp: io.BufferedIOBase, label: str, max_pixels: int) -> np.nd
     try:
         if im.format == "JPEG" and max(w, h) > 2 * WORK_SIDE:
             im.draft(None, (WORK_SIDE, WORK_SIDE))  # libjpeg decodes at 1/2..1/8 scale: a phone photo fits
-        # The bomb check: the size to decode (after a JPEG's draft) decides the memory, so refuse here, before load().
-        if im.size[0] * im.size[1] > max_pixels:
-            raise ImageError(f"{label}: image dimensions too large ({w}x{h}, {limit})", "image_too_large")
-        im.load()
-        im = ImageOps.exif_transpose(im)
-    except ImageError:
-        raise
-    except Exception as e:  # damaged data can make Pillow's decoders raise any type (TypeError for a bad TIFF tag)
+    except Exception as e:
         raise ImageError(f"{label}: truncated or corrupt image data ({e})", "truncated_image") from e
-    return _pixels(im, label)
+    # The bomb check: the size to decode (after a JPEG's draft) decides the memory, so refuse here, before load().
+    if im.size[0] * im.size[1] > max_pixels:
+        raise ImageError(f"{label}: image dimensions too large ({w}x{h}, {limit})", "image_too_large")
+    return im
 
 
 def _pixels(im: Image.Image, label: str) -> np.ndarray:

@@ -10,7 +10,10 @@ POST /v1/predict accepts one of:
     floats in [0, 1], fed to the model as they are; "byte": integers in 0..255, divided by 255.
     Values outside the declared range are refused, not clipped. At most MAX_IMAGES per request.
 The response: {"model": {name, run, params, test_accuracy}, "predictions": [{digit, probability,
-top3, probabilities, image?}]}. Errors: {"error": CODE, "detail": one-line message} with a 4xx.
+top3, probabilities, image?}]}. Errors: {"error": CODE, "detail": one-line message} with a 4xx (503 `busy`
+when the decode queue is full). The budgets are in serve_limits.py; the deadlines and the connection cap,
+which live below the app, in http_guard.py. `create_app` or, for `uvicorn --factory` and gunicorn,
+`app_from_env` (the run named by MNIST_CNN_RUN) builds the app; `serve` runs it with those guards.
 
 FastAPI's /docs and /redoc are turned off: they load Swagger/ReDoc from a CDN, and this service
 serves nothing from outside the package. The schema stays at /openapi.json.
@@ -18,7 +21,7 @@ serves nothing from outside the package. The schema stays at /openapi.json.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
 import os
 import threading
@@ -36,19 +39,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .decode_pool import DecodePool
 from .errors import MnistCnnError
 from .inputs import InputError, as_model_input
 from .predict import describe
-from .preprocess import MAX_PIXELS, load_image
+from .serve_limits import ServeLimits
 from .sources import Openable, open_model
 
 STATIC_DIR = Path(__file__).parent / "static"
-MAX_BODY_BYTES = 10 * 1024 * 1024  # a phone photo fits; anything bigger is refused while reading
 MAX_IMAGES = 256  # per request, files or arrays: bounds the work one request can ask for
-BODY_TIMEOUT_S = 30.0  # a client that stops sending mid-body is cut off, not waited on forever
 
-STATUS = {"body_too_large": 413, "image_too_large": 413, "too_many_images": 413, "bad_json": 400,
-          "body_timeout": 408, "unsupported_media_type": 415, "bad_content_length": 400}  # others: 422
+STATUS = {"body_too_large": 413, "image_too_large": 413, "too_many_images": 413, "too_many_pixels": 413,
+          "bad_json": 400, "request_timeout": 408, "unsupported_media_type": 415, "bad_content_length": 400,
+          "busy": 503}  # others: 422
 
 
 class ApiError(Exception):
@@ -92,10 +95,11 @@ class ErrorResponse(BaseModel):
 
 class BodyLimit:
     """ASGI middleware: refuse bodies over `max_bytes` from Content-Length up front, and count the
-    bytes actually received too (chunked bodies have no Content-Length; a header can lie)."""
+    bytes actually received too (chunked bodies have no Content-Length; a header can lie). The time a
+    body may take is the protocol's whole-request deadline (http_guard.py), not a limit per receive."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,19 +110,13 @@ class BodyLimit:
                 return await _error_response(ApiError("bad_content_length", f"Content-Length {declared!r} is not a number"), scope, receive, send)
             if int(declared) > self.max_bytes:
                 return await _error_response(ApiError("body_too_large", f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes}"), scope, receive, send)
-        received, done = 0, False
+        received = 0
 
         async def limited() -> Message:
-            nonlocal received, done
-            if done:  # after the body, receive() only waits for a disconnect: no timeout there
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
-            except asyncio.TimeoutError:
-                raise ApiError("body_timeout", f"request body not received within {self.timeout_s:g} s") from None
+            nonlocal received
+            message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                done = not message.get("more_body", False)
                 if received > self.max_bytes:
                     raise ApiError("body_too_large", f"request body exceeds the limit of {self.max_bytes} bytes")
             return message
@@ -173,9 +171,10 @@ def _parse_array(image: Any, value_range: str, name: str) -> torch.Tensor:
         raise ApiError(_CODES[e.problem], f"{e}{hint}") from None
 
 
-def create_app(run: Openable, *, max_body_bytes: int = MAX_BODY_BYTES,
-               max_pixels: int = MAX_PIXELS, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
-    """The service for one trained run or ensemble (a Run, an EnsembleRun, or its directory)."""
+def create_app(run: Openable, limits: ServeLimits | None = None, **overrides: Any) -> FastAPI:
+    """The service for one trained run or ensemble (a Run, an EnsembleRun, or its directory), within `limits`
+    (default: ServeLimits.from_env()); keywords replace single limits: create_app(run, max_body_bytes=10**6)."""
+    limits = ServeLimits.from_env(**overrides) if limits is None else dataclasses.replace(limits, **overrides)
     run = open_model(run)
     model = run.model.cpu().eval()
     info = ModelInfo(name=run.name, run=run.path.name if run.path is not None else "", params=run.num_params,
@@ -183,29 +182,23 @@ def create_app(run: Openable, *, max_body_bytes: int = MAX_BODY_BYTES,
     # One model instance behind a lock rather than micro-batching: one forward of this small CNN
     # takes about a millisecond, so batching would save little while adding a wait to every
     # request; the lock keeps concurrent requests from oversubscribing torch's intra-op threads
-    # and from racing on module state. Decoding and preprocessing run outside the lock, in parallel.
+    # and from racing on module state. Decoding and preprocessing run outside the lock, on the decode pool.
     lock = threading.Lock()
-    # Decoding a large upload can take ~100 MB; more decodes at once than cores gains no speed,
-    # so a semaphore bounds the memory that a burst of large uploads can claim.
-    decode_slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
-
-    def decode(name: str, data: bytes) -> np.ndarray:
-        with decode_slots:
-            return load_image(data, name=name, max_pixels=max_pixels)
+    pool = DecodePool(limits.decode_threads, limits.decode_queue, limits.max_pixels, limits.max_request_pixels)
 
     def infer(x: torch.Tensor) -> np.ndarray:
         with lock, torch.inference_mode():
             return torch.softmax(model(x).float(), dim=1).numpy()
 
-    def predict_images(blobs: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
-        images = np.stack([decode(name, data) for name, data in blobs])
-        probabilities = infer(as_model_input(images, name="images"))
+    async def predict_images(blobs: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        images = await pool.load_all(blobs)
+        probabilities = await run_in_threadpool(infer, as_model_input(images, name="images"))
         return [{**describe(p), "file": name, "image": img.tolist()}
                 for (name, _), p, img in zip(blobs, probabilities, images)]
 
     app = FastAPI(title="mnist-cnn", version="1", docs_url=None, redoc_url=None,
                   description="Handwritten digit recognition with a CNN trained on MNIST.")
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout_s=body_timeout_s)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(ApiError)
@@ -243,7 +236,7 @@ def create_app(run: Openable, *, max_body_bytes: int = MAX_BODY_BYTES,
         return {"status": "ok", "model": info.model_dump()}
 
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True,
-              responses={c: {"model": ErrorResponse} for c in (400, 408, 413, 415, 422)},
+              responses={c: {"model": ErrorResponse} for c in (400, 408, 413, 415, 422, 503)},
               openapi_extra=_REQUEST_BODY_DOC)
     async def predict(request: Request) -> dict[str, Any]:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -259,9 +252,9 @@ def create_app(run: Openable, *, max_body_bytes: int = MAX_BODY_BYTES,
             if not uploads:
                 raise ApiError("missing_file", 'multipart body has no file in the field "file"')
             blobs = [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(uploads)]
-            predictions = await run_in_threadpool(predict_images, blobs)
+            predictions = await predict_images(blobs)
         elif kind.startswith("image/") or kind == "application/octet-stream":
-            predictions = await run_in_threadpool(predict_images, [("body", await request.body())])
+            predictions = await predict_images([("body", await request.body())])
         elif kind == "application/json":
             try:
                 payload = json.loads(await request.body())
@@ -288,9 +281,26 @@ _REQUEST_BODY_DOC: dict[str, Any] = {"requestBody": {"required": True, "content"
                         "description": "unit: floats 0..1; byte: integers 0..255"}}}}}}}
 
 
+def app_from_env() -> FastAPI:
+    """The app for `uvicorn --factory mnist_cnn.serve:app_from_env` or gunicorn: the run named by MNIST_CNN_RUN,
+    within the limits set by MNIST_CNN_* variables (serve_limits.py)."""
+    run_dir = os.environ.get("MNIST_CNN_RUN")
+    if not run_dir:
+        raise MnistCnnError("MNIST_CNN_RUN is not set: name the run or ensemble directory to serve")
+    return create_app(run_dir)
+
+
+def uvicorn_options(limits: ServeLimits) -> dict[str, Any]:
+    """uvicorn.Config keywords that put the deadlines and the connection cap of `limits` in front of the app."""
+    from .http_guard import guarded_protocol
+
+    return {"http": guarded_protocol(limits), "timeout_keep_alive": limits.idle_timeout_s,
+            "limit_concurrency": limits.max_connections}
+
+
 def serve(run_dir: Union[str, os.PathLike[str]], host: str = "127.0.0.1", port: int = 8000, *,
-          log_level: str = "info") -> None:
-    """Run the service with uvicorn until interrupted."""
+          log_level: str = "info", limits: ServeLimits | None = None) -> None:
+    """Run the service with uvicorn until interrupted, one process (docs/serving.md: several, behind a proxy)."""
     import socket
 
     import uvicorn
@@ -302,6 +312,6 @@ def serve(run_dir: Union[str, os.PathLike[str]], host: str = "127.0.0.1", port: 
             pass
     except OSError as e:
         raise MnistCnnError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    app = create_app(run_dir)
-    # Short keep-alive and a concurrency cap (503 beyond it): idle or piled-up clients cannot pin the server.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5, limit_concurrency=256)
+    limits = limits or ServeLimits.from_env()
+    app = create_app(run_dir, limits)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_options(limits))

@@ -1,6 +1,7 @@
 """mnist-cnn: train, evaluate, explain, export and serve CNNs on MNIST-style 28x28 grayscale images.
 
     from mnist_cnn import load_mnist, get_spec, summary, make_config, train, load_run, evaluate
+    from mnist_cnn import Model, load      # the Keras-shaped object API for notebooks
 
 The names below are imported on first use: `mnist-cnn --help` and a mistyped flag answer at once instead of
 after importing torch (about 2 s), and a Ctrl-C during that import reaches the CLI's handler, not a traceback.
@@ -14,7 +15,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from .errors import MnistCnnError
+from .errors import MnistCnnError, debug
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ _HOMES = {
     "data": ("MnistData", "load_mnist", "split_validation", "to_float"),
     "evaluate": ("evaluate", "format_metrics", "predict_logits"),
     "models": ("build_model", "count_params", "layer_table", "summary"),
+    "notebook": ("History", "Model", "load"),
     "runs": ("Run", "load_run"),
     "spec": ("Layer", "ModelSpec", "load_spec", "parse_spec"),
     "train": ("TrainConfig", "make_config", "train"),
@@ -30,9 +32,10 @@ _HOMES = {
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
-    "MODELS", "RECIPES", "Layer", "MnistCnnError", "MnistData", "ModelSpec", "Run", "TrainConfig", "build_model",
-    "count_params", "evaluate", "format_metrics", "get_spec", "layer_table", "load_mnist", "load_run", "load_spec",
-    "make_config", "parse_spec", "predict_logits", "split_validation", "summary", "to_float", "train",
+    "MODELS", "RECIPES", "History", "Layer", "MnistCnnError", "MnistData", "Model", "ModelSpec", "Run", "TrainConfig",
+    "build_model", "count_params", "debug", "evaluate", "format_metrics", "get_spec", "layer_table", "load",
+    "load_mnist", "load_run", "load_spec", "make_config", "parse_spec", "predict_logits", "split_validation",
+    "summary", "to_float", "train",
 ]
 
 
@@ -64,6 +67,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names com
     from .data import MnistData, load_mnist, split_validation, to_float
     from .evaluate import evaluate, format_metrics, predict_logits
     from .models import build_model, count_params, layer_table, summary
+    from .notebook import History, Model, load
     from .runs import Run, load_run
     from .spec import Layer, ModelSpec, load_spec, parse_spec
     from .train import TrainConfig, make_config, train

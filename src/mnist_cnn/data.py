@@ -256,6 +256,16 @@ def recorded_path(path: str | os.PathLike) -> str:
     return str(Path(path).expanduser().absolute())
 
 
+def recorded_source(data: MnistData) -> str | None:
+    """What a run trained on `data` records as its `data`: None for the bundled MNIST, the absolute path of a
+    file that is there, else a description of the set given in memory (which evaluate cannot read again)."""
+    if data.source == "bundled":
+        return None
+    if data.source and Path(data.source).exists():
+        return recorded_path(data.source)
+    return f"(data given in memory, source {data.source!r})"
+
+
 def load_mnist(path: str | os.PathLike | None = None, *, verify: bool = True, test_only: bool = False) -> MnistData:
     """Load MNIST or any set in its format (Fashion-MNIST, KMNIST).
 

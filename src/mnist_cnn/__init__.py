@@ -20,8 +20,12 @@ from .errors import MnistCnnError, debug
 __version__ = "0.1.0"
 
 _HOMES = {
+    "augment": ("plot_augmented",),
     "data": ("MnistData", "load_mnist", "split_validation", "to_float"),
     "evaluate": ("evaluate", "format_metrics", "predict_logits"),
+    "explain": ("feature_maps", "find_mistakes", "output_size_check", "plot_confusion", "plot_curves",
+                "plot_edge_filter", "plot_feature_maps", "plot_filters", "plot_mistakes", "plot_per_class",
+                "plot_saliency"),
     "models": ("build_model", "count_params", "layer_table", "summary"),
     "notebook": ("History", "Model", "load"),
     "runs": ("Run", "load_run"),
@@ -33,9 +37,11 @@ _HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "MODELS", "RECIPES", "History", "Layer", "MnistCnnError", "MnistData", "Model", "ModelSpec", "Run", "TrainConfig",
-    "build_model", "count_params", "debug", "evaluate", "format_metrics", "get_spec", "layer_table", "load",
-    "load_mnist", "load_run", "load_spec", "make_config", "parse_spec", "predict_logits", "split_validation",
-    "summary", "to_float", "train",
+    "build_model", "count_params", "debug", "evaluate", "feature_maps", "find_mistakes", "format_metrics", "get_spec",
+    "layer_table", "load", "load_mnist", "load_run", "load_spec", "make_config", "output_size_check", "parse_spec",
+    "plot_augmented", "plot_confusion", "plot_curves", "plot_edge_filter", "plot_feature_maps", "plot_filters",
+    "plot_mistakes", "plot_per_class", "plot_saliency", "predict_logits", "split_validation", "summary", "to_float",
+    "train",
 ]
 
 
@@ -64,8 +70,12 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names come from __getattr__
+    from .augment import plot_augmented
     from .data import MnistData, load_mnist, split_validation, to_float
     from .evaluate import evaluate, format_metrics, predict_logits
+    from .explain import (feature_maps, find_mistakes, output_size_check, plot_confusion, plot_curves,
+                          plot_edge_filter, plot_feature_maps, plot_filters, plot_mistakes, plot_per_class,
+                          plot_saliency)
     from .models import build_model, count_params, layer_table, summary
     from .notebook import History, Model, load
     from .runs import Run, load_run

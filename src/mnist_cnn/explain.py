@@ -154,10 +154,9 @@ def plot_per_class(per_class: Sequence[dict[str, Any]] | Mapping[str, Any], path
     as bars (480 x 350 px)."""
     from matplotlib.ticker import PercentFormatter
 
-    if isinstance(per_class, Mapping):
-        per_class = per_class["per_class"]
-    classes = [row["class"] for row in per_class]
-    accuracy = np.array([row["recall"] for row in per_class])
+    rows: Sequence[dict[str, Any]] = per_class["per_class"] if isinstance(per_class, Mapping) else per_class
+    classes = [row["class"] for row in rows]
+    accuracy = np.array([row["recall"] for row in rows])
     bottom = max(0.0, math.floor((accuracy.min() - 0.02) * 20) / 20)  # zoom in, or all bars look the same
     fig, ax = axes(ax, 4.8, 3.5)
     bars = ax.bar(classes, accuracy - bottom, bottom=bottom, color="#4c72b0")

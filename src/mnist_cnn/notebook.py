@@ -52,7 +52,7 @@ class History:
         self.rows = [dict(row) for row in rows]
         self.epoch = [row["epoch"] - 1 for row in self.rows]
         keys = dict.fromkeys(k for row in self.rows for k in row if k != "epoch")
-        self.history: dict[str, list[float]] = {k: [row.get(k) for row in self.rows] for k in keys}
+        self.history: dict[str, list[Any]] = {k: [row.get(k) for row in self.rows] for k in keys}
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per epoch, indexed by epoch (1, 2, ...); needs pandas."""
@@ -82,7 +82,7 @@ def _spec(model: str | os.PathLike | ModelSpec | Sequence[Mapping[str, Any]] | M
           name: str | None, options: dict[str, Any]) -> ModelSpec:
     """A zoo name or spec file (with its options), a ModelSpec, a spec dict, or a list of layer dicts."""
     if isinstance(model, (str, os.PathLike)):
-        return get_spec(model, **options)
+        return get_spec(str(model), **options)
     if options:
         raise MnistCnnError(f"model options {sorted(options)} apply to named models, not to a spec given in Python")
     if isinstance(model, ModelSpec):
@@ -148,14 +148,15 @@ def _in_memory(x: Any, y: Any, validation_data: tuple[Any, Any] | None,
         train_set = load_mnist()
         x_train, y_train = train_set.x_train, train_set.y_train
     else:
-        given = MnistData(_array(x), _array(y), test.x_test[:1], test.y_test[:1], "x, y")  # MnistData's rules
+        # MnistData's rules for a Keras tutorial's arrays (its fields are annotated as the tensors they become)
+        given = MnistData(_array(x), _array(y), test.x_test[:1], test.y_test[:1], "x, y")  # type: ignore[arg-type]
         x_train, y_train = given.x_train, given.y_train
     x_train, y_train = x_train[:limit_train], y_train[:limit_train]
     if validation_data is not None:
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
             raise MnistCnnError("validation_data must be a pair (x_val, y_val)")
-        val = MnistData(_array(validation_data[0]), _array(validation_data[1]), test.x_test[:1], test.y_test[:1],
-                        "validation_data")
+        val = MnistData(_array(validation_data[0]), _array(validation_data[1]),  # type: ignore[arg-type]
+                        test.x_test[:1], test.y_test[:1], "validation_data")
         x_train, y_train = torch.cat([x_train, val.x_train]), torch.cat([y_train, val.y_train])
     digest = hashlib.sha256(x_train.numpy().tobytes() + y_train.numpy().tobytes()).hexdigest()[:16]
     # the source names the content: the same arrays are the same config, so a re-run cell reuses its run
@@ -236,7 +237,7 @@ class Model:
             run_dir = resume if resume is not True else out or (self.run.path if self.run else None)
             if run_dir is None:
                 raise MnistCnnError("fit: resume=True continues the run in out= (or give resume=PATH)")
-            run = train(config, data, resume=run_dir, log=log)
+            run = train(config, data, resume=Path(run_dir), log=log)
         elif overwrite:
             run = train(config, data, overwrite=True, log=log)
         else:

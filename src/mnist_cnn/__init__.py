@@ -73,9 +73,19 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names com
     from .augment import plot_augmented
     from .data import MnistData, load_mnist, split_validation, to_float
     from .evaluate import evaluate, format_metrics, predict_logits
-    from .explain import (feature_maps, find_mistakes, output_size_check, plot_confusion, plot_curves,
-                          plot_edge_filter, plot_feature_maps, plot_filters, plot_mistakes, plot_per_class,
-                          plot_saliency)
+    from .explain import (
+        feature_maps,
+        find_mistakes,
+        output_size_check,
+        plot_confusion,
+        plot_curves,
+        plot_edge_filter,
+        plot_feature_maps,
+        plot_filters,
+        plot_mistakes,
+        plot_per_class,
+        plot_saliency,
+    )
     from .models import build_model, count_params, layer_table, summary
     from .notebook import History, Model, load
     from .runs import Run, load_run

@@ -9,7 +9,7 @@ from mnist_cnn.augment import (
     affine_grid,
     affine_matrices,
     apply_affine,
-    augment_grid_png,
+    plot_augmented,
     random_affine,
 )
 from mnist_cnn.errors import MnistCnnError
@@ -157,8 +157,9 @@ def test_bad_inputs():
         random_affine(torch.zeros(1, 1, 28, 28, dtype=torch.int64), FULL, gen())
 
 
-def test_grid_png(tmp_path):
+def test_plot_augmented(tmp_path):
     pytest.importorskip("matplotlib")
     x = (images(4) * 255).to(torch.uint8)[:, 0]  # [N,28,28] uint8 as data.py stores it
-    path = augment_grid_png(tmp_path / "grid.png", x, FULL, seed=0, n=4)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = plot_augmented(x, FULL, tmp_path / "grid.png", seed=0, n=4)
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(fig.axes) == 4 * 4 and fig.get_size_inches().tolist() == [4, 4]

@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from mnist_cnn import (
@@ -25,6 +26,7 @@ from mnist_cnn import (
 )
 from mnist_cnn import explain as ex
 from mnist_cnn.cli import main
+from mnist_cnn.display import png_bytes
 from mnist_cnn.report import SECTIONS, report
 
 CONV_MODELS = ("keras-basic", "keras-same", "keras-bn", "keras-dropout")
@@ -66,13 +68,46 @@ PLOTS = {
 
 
 @pytest.mark.parametrize("name", PLOTS)
-def test_each_plot_writes_a_png_of_the_expected_size(name, run, mnist, mistakes, tmp_path):
+def test_each_plot_returns_a_figure_and_writes_a_png_of_the_expected_size(name, run, mnist, mistakes, tmp_path):
     plot, size = PLOTS[name]
     assert len(mistakes) >= 25  # a 2-epoch model on 500 test digits fills the grid
     path = tmp_path / f"{name}.png"
-    png = plot(run, mnist, mistakes, path)
-    assert path.read_bytes() == png and len(png) > 1000
-    assert png_size(path) == tuple(round(s) for s in size)
+    fig = plot(run, mnist, mistakes, path)
+    assert isinstance(fig, Figure)
+    assert png_size(path) == tuple(round(s) for s in size) and path.stat().st_size > 1000
+    # the bytes the report embeds and what Jupyter shows inline (pyplot imported or not): the same picture
+    for png in (png_bytes(fig), fig._repr_png_()):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(io.BytesIO(png)).size == png_size(path)
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_no_plot_writes_a_file_unless_given_a_path(name, run, mnist, mistakes, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plot, _ = PLOTS[name]
+    assert isinstance(plot(run, mnist, mistakes, None), Figure)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_single_axes_plots_draw_into_the_users_axes(run):
+    from matplotlib.figure import Figure as PlainFigure
+
+    mine = PlainFigure(figsize=(12, 4))
+    left, middle, right = mine.subplots(1, 3)
+    assert ex.plot_confusion(run.metrics, ax=left) is mine
+    assert ex.plot_per_class(run.metrics, ax=middle) is mine
+    assert ex.plot_filters(run, ax=right) is mine
+    assert left.get_title() == "Confusion matrix (test set)" and middle.get_title().startswith("Per-class")
+    assert right.get_title().startswith("32 kernels of 3x3")
+    loss, accuracy = PlainFigure().subplots(1, 2)
+    assert ex.plot_curves(run.history, ax=(loss, accuracy)) is loss.figure
+    assert [loss.get_title(), accuracy.get_title()] == ["Loss", "Accuracy"]
+
+
+def test_plot_curves_takes_keras_style_history_dicts(run):
+    as_keras = {k: [row[k] for row in run.history] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    keras_fig, ours = ex.plot_curves(as_keras), ex.plot_curves(run.history)
+    assert [len(ax.lines) for ax in keras_fig.axes] == [len(ax.lines) for ax in ours.axes] == [2, 2]
+    assert list(keras_fig.axes[0].lines[1].get_ydata()) == as_keras["val_loss"]
 
 
 def test_mistakes_are_wrong_and_most_confident_first(run, mnist, mistakes):

@@ -11,18 +11,19 @@ of the MNIST background. Typical use in a training loop:
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import MnistCnnError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # field -> (largest allowed value, whether it is allowed itself, what the value means)
 _LIMITS: dict[str, tuple[float, bool, str]] = {
@@ -161,21 +162,19 @@ def random_affine(x: Tensor, aug: Augment, generator: torch.Generator, mode: str
     return apply_affine(x, theta, mode=mode)
 
 
-def augment_grid_png(path: str | os.PathLike, x: Tensor, aug: Augment, seed: int = 0, n: int = 8) -> Path:
-    """A PNG for the docs: n originals (top row) above three augmented draws of each."""
-    from matplotlib.figure import Figure  # lazy: matplotlib is an optional extra
+def plot_augmented(x: Tensor, aug: Augment | Mapping[str, float], path: str | os.PathLike | None = None, *,
+                   seed: int = 0, n: int = 8) -> Figure:
+    """n originals (top row) above three augmented draws of each, as a Figure (also written to `path` if given)."""
+    from .display import figure, finish
 
-    from .atomic import atomic_write_bytes
-
+    aug = aug if isinstance(aug, Augment) else Augment.from_dict(dict(aug))
     x = (x[:n, None] if x.ndim == 3 else x[:n]).cpu()  # accept [N,28,28] uint8 as stored by data.py
     g = torch.Generator().manual_seed(seed)
     rows = [x] + [random_affine(x, aug, g) for _ in range(3)]
-    fig = Figure(figsize=(x.shape[0], len(rows)))
+    fig = figure(x.shape[0], len(rows))
     for r, batch in enumerate(rows):
         for c in range(batch.shape[0]):
             ax = fig.add_subplot(len(rows), batch.shape[0], r * batch.shape[0] + c + 1)
             ax.imshow(batch[c, 0].float().numpy(), cmap="gray", vmin=0, vmax=255 if x.dtype == torch.uint8 else 1)
             ax.set_axis_off()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=72)
-    return atomic_write_bytes(path, buf.getvalue())
+    return finish(fig, path)

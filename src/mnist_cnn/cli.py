@@ -188,8 +188,14 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 @command
 def cmd_ensemble(args: argparse.Namespace) -> None:
-    from .ensemble import (check_ensemble_out, evaluate_ensemble, member_config, members_data, train_members,
-                           write_ensemble)
+    from .ensemble import (
+        check_ensemble_out,
+        evaluate_ensemble,
+        member_config,
+        members_data,
+        train_members,
+        write_ensemble,
+    )
     from .runs import load_run
 
     log = _log_to(sys.stderr if args.json else sys.stdout)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_bytes
-from .budgets import Budget, is_dir, is_file, open_regular
+from .budgets import Budget, exists, is_dir, is_file, open_regular
 from .errors import MnistCnnError
 
 NUM_CLASSES = 10
@@ -274,6 +274,16 @@ def write_npz(path: str | os.PathLike, data: MnistData) -> Path:
 def recorded_path(path: str | os.PathLike) -> str:
     """A data path as runs and ensembles record it: absolute, so that evaluate finds it from any folder."""
     return str(Path(path).expanduser().absolute())
+
+
+def recorded_source(data: MnistData) -> str | None:
+    """What a run trained on `data` records as its `data`: None for the bundled MNIST, the absolute path of a
+    file that is there, else a description of the set given in memory (which evaluate cannot read again)."""
+    if data.source == "bundled":
+        return None
+    if data.source and exists(data.source):
+        return recorded_path(data.source)
+    return f"(data given in memory, source {data.source!r})"
 
 
 def load_mnist(path: str | os.PathLike | None = None, *, verify: bool = True, test_only: bool = False) -> MnistData:

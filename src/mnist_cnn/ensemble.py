@@ -34,8 +34,18 @@ from .evaluation import evaluate, metrics_from_logits, predict_logits
 from .inputs import as_model_input
 from .models import SpecModel, build_model, count_params
 from .rundir import check_out, claim
-from .runs import (ENSEMBLE_FILE, Run, check_declared, checked_config, checkpoint_paths, fill_weights, load_run,
-                   load_tensors, read_json, save_tensors)
+from .runs import (
+    ENSEMBLE_FILE,
+    Run,
+    check_declared,
+    checked_config,
+    checkpoint_paths,
+    fill_weights,
+    load_run,
+    load_tensors,
+    read_json,
+    save_tensors,
+)
 from .spec import parse_spec
 from .training.config import PLACEMENT
 
@@ -374,6 +384,18 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("out", "verbose", *PLACEMENT)}
 
 
+def config_differences(config: Any) -> list[str]:
+    """The options (and 'spec') in which the run in config.out was started otherwise than `config` asks: [] when
+    it was started with this very config, ['out'] when there is no run there."""
+    out = Path(config.out) if config.out else None
+    if out is None or not exists(out / "config.json"):
+        return ["out"]
+    saved, wanted = _comparable(read_json(out / "config.json", {})), _comparable(config.to_dict())
+    differences = [k for k in dict.fromkeys([*wanted, *saved]) if saved.get(k) != wanted.get(k)]
+    spec = config.model_spec().to_dict()  # a spec file may have been edited since
+    return differences + (["spec"] if read_json(out / "spec.json", {}) != spec else [])
+
+
 def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[[str], None] = print) -> Run:
     """The run in config.out if it was trained with this very config (resumed if it was interrupted), else a fresh
     training there: the folder belongs to the ensemble or experiment, so an older config's run is replaced."""
@@ -381,14 +403,11 @@ def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[
 
     out = Path(config.out) if config.out else None
     resume = None
-    if out is not None and (out / "config.json").exists():
-        spec = config.model_spec().to_dict()  # a spec file may have been edited since
-        if (_comparable(read_json(out / "config.json", {})) == _comparable(config.to_dict())
-                and read_json(out / "spec.json", {}) == spec):
-            if (out / "metrics.json").exists() and (out / "model.safetensors").exists():
-                log(f"reusing finished run {out}")
-                return load_run(out)
-            resume = out if checkpoint_paths(out) else None
+    if out is not None and not config_differences(config):
+        if exists(out / "metrics.json") and exists(out / "model.safetensors"):
+            log(f"reusing finished run {out}")
+            return load_run(out)
+        resume = out if checkpoint_paths(out) else None
     try:
         return train(config, data, resume=resume, overwrite=resume is None, log=log)
     except TrainingInterrupted as e:  # one run of many: the same command resumes it, then goes on to the others

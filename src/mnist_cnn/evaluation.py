@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .display import html_table
 from .errors import MnistCnnError
 from .inputs import as_labels, as_model_input
 from .models import device_of, evaluating
@@ -80,15 +81,33 @@ def averages(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
             "weighted": {k: sum(r[k] * r["support"] for r in rows) / total for k in ("precision", "recall", "f1")}}
 
 
-def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor) -> dict:
+class Metrics(dict):
+    """What `evaluate` returns: a plain dict (JSON-serialisable, equal to the dict it holds) that prints as
+    `format_metrics`' report and that a notebook shows as tables."""
+
+    def __repr__(self) -> str:
+        return format_metrics(self)
+
+    def _repr_html_(self) -> str:
+        headline = (f"<p>test loss <b>{self['loss']:.4f}</b>, test accuracy <b>{self['accuracy']:.2%}</b> "
+                    f"({self['count'] - self['errors']:,} of {self['count']:,})</p>")
+        rows = [(r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"])
+                for r in self["per_class"]]
+        confusion = [(t, *row) for t, row in enumerate(self["confusion"])]
+        return (headline + html_table(("class", "precision", "recall", "F1", "support"), rows, numeric=(1, 2, 3, 4))
+                + "<p>confusion matrix (rows: true, columns: predicted)</p>"
+                + html_table(("", *range(len(confusion))), confusion, numeric=range(1, len(confusion) + 1)))
+
+
+def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor) -> Metrics:
     loss, accuracy = loss_and_accuracy(logits, y)
     confusion = confusion_matrix(logits.argmax(1), y, logits.shape[1])
     rows = per_class(confusion)
-    return {"loss": loss, "accuracy": accuracy, "count": len(y), "errors": int(len(y) - confusion.diag().sum()),
-            "per_class": rows, **averages(rows), "confusion": confusion.tolist()}
+    return Metrics(loss=loss, accuracy=accuracy, count=len(y), errors=int(len(y) - confusion.diag().sum()),
+                   per_class=rows, **averages(rows), confusion=confusion.tolist())
 
 
-def evaluate(model: nn.Module, x: Any, y: Any, batch_size: int | None = None) -> dict:
+def evaluate(model: nn.Module, x: Any, y: Any, batch_size: int | None = None) -> Metrics:
     """Like Keras's `evaluate`, plus per-class precision/recall/F1 and the confusion matrix.
 
     `model`: a torch model or a Run; `x`: images in any form `inputs.as_model_input` accepts (uint8 [N, 28, 28]

@@ -19,6 +19,7 @@ the test columns are reported once per finished run.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
@@ -26,19 +27,24 @@ import os
 import re
 import time
 from collections.abc import Callable
+from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .atomic import atomic_write_bytes, atomic_write_json, make_dir
+from .atomic import atomic_write_json, make_dir
 from .budgets import Budget
 from .data import MnistData, load_mnist
+from .display import Text, axes, finish, html_table
 from .documents import read_document
 from .errors import MnistCnnError, TrainingInterrupted
 from .training.optim import improved
 
-
 #: cells of one grid (each trains `seeds` runs): 9 axes of 10 values would be 10^9 of them
 GRID_CELLS = Budget("MNIST_CNN_MAX_GRID_CELLS", 10_000, "cells")
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
@@ -188,7 +194,7 @@ def tested_row(history: list[dict[str, Any]], config: dict[str, Any]) -> dict[st
 
 def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.PathLike | None = None,
              data: MnistData | None = None, overrides: dict[str, Any] | None = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             log: Callable[[str], None] = print) -> GridResults:
     """Train every cell x seed, write OUT/results.json (+ results.png when matplotlib is there); return it."""
     from .ensemble import reuse_or_train
 
@@ -238,19 +244,31 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
     results["seconds"] = time.perf_counter() - started
     atomic_write_json(out / "results.json", results)
     results["table"] = format_table(results)
-    try:
-        results["plot"] = str(plot_results(results, out / "results.png"))
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         log("matplotlib is not installed: no plot (pip install 'mnist-cnn[plot]')")
-    return results
+    else:
+        plot_results(results, out / "results.png")
+        results["plot"] = str(out / "results.png")
+    return GridResults(results)
+
+
+class GridResults(dict):
+    """run_grid's answer: the dict results.json holds, plus its table, which is how it prints and shows."""
+
+    def __repr__(self) -> str:
+        return str(format_table(self))
+
+    def _repr_html_(self) -> str:
+        return format_table(self)._repr_html_()
 
 
 def _pct(mean: float | None, std: float | None) -> str:
     return "-" if mean is None else f"{mean * 100:.2f} ± {std * 100:.2f}"
 
 
-def format_table(results: dict[str, Any]) -> str:
-    """One line per cell: test and validation accuracy (mean ± sample std over seeds), seconds per run."""
+def format_table(results: dict[str, Any]) -> Text:
+    """One line per cell: test and validation accuracy (mean ± sample std over seeds), seconds per run; in a
+    notebook, an HTML table."""
     rows = [(c["label"], _pct(c["test_accuracy_mean"], c["test_accuracy_std"]),
              _pct(c["val_accuracy_mean"], c["val_accuracy_std"]),
              "-" if c["train_seconds_mean"] is None else f"{c['train_seconds_mean']:.1f}", str(len(c["runs"])))
@@ -262,20 +280,16 @@ def format_table(results: dict[str, Any]) -> str:
         return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
 
     seeds = f"{results['seeds']} seed{'s' if results['seeds'] != 1 else ''} each"
-    return "\n".join([f"{results['name']} ({seeds})", line(head),
-                      "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+    title = f"{results['name']} ({seeds})"
+    return Text("\n".join([title, line(head), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]),
+                f"<p>{escape(title)}</p>" + html_table(head, rows, numeric=(1, 2, 3, 4)))
 
 
-def plot_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
-    """A bar chart of test (and validation) accuracy per cell with one-std error bars."""
-    import io
-
-    from matplotlib.figure import Figure  # lazy: matplotlib is an optional extra
-
+def plot_results(results: dict[str, Any], path: str | os.PathLike | None = None, *, ax: Axes | None = None) -> Figure:
+    """A bar chart of test (and validation) accuracy per cell with one-std error bars; written to `path` if given."""
     cells_ = results["cells"]
     labels = [c["label"].replace(" ", "\n") for c in cells_]
-    fig = Figure(figsize=(max(5.5, 1.6 * len(cells_) + 2.5), 4))  # room for the legend on the right
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = axes(ax, max(5.5, 1.6 * len(cells_) + 2.5), 4)  # room for the legend on the right
     xs = list(range(len(cells_)))
     series = [("test", "test_accuracy", -0.2)]
     if any(c["val_accuracy_mean"] is not None for c in cells_):
@@ -294,10 +308,7 @@ def plot_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
     ax.set_ylabel("accuracy % (mean ± std)")
     ax.set_title(f"{results['name']} ({results['seeds']} seeds)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return atomic_write_bytes(path, buf.getvalue())
+    return finish(fig, path)
 
 
 def summary_json(results: dict[str, Any]) -> dict[str, Any]:
@@ -305,5 +316,5 @@ def summary_json(results: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in results.items() if k != "table"}
 
 
-__all__ = ["cell_folders", "cell_label", "cells", "check_grid", "format_table", "load_grid", "make_cell_config",
-           "mean_std", "plot_results", "run_grid", "summary_json", "tested_row"]
+__all__ = ["GridResults", "cell_folders", "cell_label", "cells", "check_grid", "format_table", "load_grid",
+           "make_cell_config", "mean_std", "plot_results", "run_grid", "summary_json", "tested_row"]

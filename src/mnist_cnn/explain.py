@@ -1,26 +1,25 @@
 """Look inside a model: training curves, confusion, mistakes, filters, feature maps, saliency, and
 the tutorials' convolution pictures computed on real digits.
 
-Every `plot_*` function returns PNG bytes and, given a path, also writes them atomically. Figures
-are drawn on the Agg canvas directly, never through pyplot, so no global backend state is touched;
-matplotlib is imported inside the functions, so commands that never plot never load it.
+Every `plot_*` function returns a `matplotlib.figure.Figure` (a notebook shows it inline) and, given a path,
+also writes it as a PNG, atomically; the single-axes ones draw into the caller's axes given as `ax=`.
+Figures are drawn on their own Agg canvas (display.py), never through pyplot, so no global state is touched.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_write_bytes
 from .data import MnistData
+from .display import axes, figure, finish
 from .errors import MnistCnnError
 from .inputs import as_model_input
 from .models import SpecModel, device_of, evaluating, layer_table
@@ -28,7 +27,10 @@ from .runs import Run, run_data
 from .sources import open_run
 from .spec import ModelSpec
 
-DPI = 100
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 GRID_COLUMNS = 16  # channels per row of a feature-map mosaic
 FILTER_COLUMNS = 8  # kernels per row: fewer, larger tiles, as tiny kernels are hard to tell apart
 MAX_CHANNELS = 64  # a wider layer shows its first 64 channels: more tiles stop being readable
@@ -42,27 +44,6 @@ Digit = np.ndarray | torch.Tensor  # uint8 [28, 28] as stored, or float [1, 1, 2
 
 
 # ---------------------------------------------------------------- figure plumbing
-
-def _figure(width: float, height: float) -> Any:
-    """A figure of width x height inches on its own Agg canvas (outside pyplot, so nothing to close)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MnistCnnError("plots need matplotlib: pip install 'mnist-cnn[plot]'") from None
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _finish(fig: Any, path: str | os.PathLike | None) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # no tool URL inside the file
-    png = buf.getvalue()
-    if path is not None:
-        atomic_write_bytes(path, png)
-    return png
-
 
 def _as_input(image: Digit) -> torch.Tensor:
     """One digit (any form `inputs.as_model_input` accepts: [28, 28], [1, 1, 28, 28], ...) as the model's input."""
@@ -107,32 +88,52 @@ def _imshow_mosaic(ax: Any, mosaic: np.ndarray, cmap: str, gap: str, **kw: Any) 
 
 # ---------------------------------------------------------------- run-level pictures
 
-def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike | None = None) -> bytes:
-    """Loss and accuracy per epoch, training vs validation (1000 x 400 px)."""
+def _spec_model(model: Any) -> SpecModel:
+    """A model built from a spec, or that of a Run or a notebook Model (their `.model`)."""
+    model = model if isinstance(model, SpecModel) else getattr(model, "model", None)
+    if not isinstance(model, SpecModel):
+        raise MnistCnnError("expected a model built from a spec (run.model), a Run or a mnist_cnn.Model")
+    return model
+
+
+def history_rows(history: Any) -> list[dict[str, Any]]:
+    """One dict per epoch, from a run's history, a History, or Keras's dict of lists (History.history)."""
+    history = getattr(history, "history", history)
+    if isinstance(history, Mapping):
+        epochs = range(1, len(next(iter(history.values()), [])) + 1)
+        return [{"epoch": e, **{k: v[e - 1] for k, v in history.items()}} for e in epochs]
+    return list(history)
+
+
+def plot_curves(history: Any, path: str | os.PathLike | None = None, *,
+                ax: Sequence[Axes] | None = None) -> Figure:
+    """Loss and accuracy per epoch, training vs validation (1000 x 400 px), from a run's history, a History or
+    Keras's history dict; `ax`: two axes (loss, accuracy) to draw into instead."""
+    history = history_rows(history)
     if not history:
         raise MnistCnnError("no training history to plot (history.json is missing or empty)")
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(10, 4)
+    fig = figure(10, 4) if ax is None else ax[0].figure.figure
     epochs = [row["epoch"] for row in history]
-    for ax, key in zip(fig.subplots(1, 2), ("loss", "accuracy")):
-        ax.plot(epochs, [row[key] for row in history], "o-", label=f"training {key}")
+    for panel, key in zip(fig.subplots(1, 2) if ax is None else ax, ("loss", "accuracy")):
+        panel.plot(epochs, [row[key] for row in history], "o-", label=f"training {key}")
         if all(f"val_{key}" in row for row in history):
-            ax.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label=f"validation {key}")
-        ax.set(xlabel="epoch", ylabel=key, title=key.capitalize())
-        ax.set_xlim(0.5, epochs[-1] + 0.5)  # whole epochs, also when there is only one
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return _finish(fig, path)
+            panel.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label=f"validation {key}")
+        panel.set(xlabel="epoch", ylabel=key, title=key.capitalize())
+        panel.set_xlim(0.5, epochs[-1] + 0.5)  # whole epochs, also when there is only one
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        panel.grid(alpha=0.3)
+        panel.legend()
+    return finish(fig, path)
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], path: str | os.PathLike | None = None) -> bytes:
-    """The [true, predicted] counts as a heat map (700 x 620 px)."""
-    counts = np.asarray(confusion)
+def plot_confusion(confusion: Sequence[Sequence[int]] | Mapping[str, Any], path: str | os.PathLike | None = None,
+                   *, ax: Axes | None = None) -> Figure:
+    """The [true, predicted] counts (or evaluate's metrics holding them) as a heat map (700 x 620 px)."""
+    counts = np.asarray(confusion["confusion"] if isinstance(confusion, Mapping) else confusion)
     shade = np.log1p(counts)  # a log scale, or the diagonal would wash out every mistake
-    fig = _figure(7, 6.2)
-    ax = fig.subplots()
+    fig, ax = axes(ax, 7, 6.2)
     ax.imshow(shade, cmap="Blues")
     n = len(counts)
     for t in range(n):
@@ -143,24 +144,26 @@ def plot_confusion(confusion: Sequence[Sequence[int]], path: str | os.PathLike |
                         color="white" if dark else "black")
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
            title="Confusion matrix (test set)")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
-def plot_per_class(per_class: Sequence[dict[str, Any]], path: str | os.PathLike | None = None) -> bytes:
-    """Accuracy on the test digits of each class (its recall), as bars (480 x 350 px)."""
+def plot_per_class(per_class: Sequence[dict[str, Any]] | Mapping[str, Any], path: str | os.PathLike | None = None,
+                   *, ax: Axes | None = None) -> Figure:
+    """Accuracy on the test digits of each class (its recall; from evaluate's metrics or their per_class rows),
+    as bars (480 x 350 px)."""
     from matplotlib.ticker import PercentFormatter
 
-    classes = [row["class"] for row in per_class]
-    accuracy = np.array([row["recall"] for row in per_class])
+    rows: Sequence[dict[str, Any]] = per_class["per_class"] if isinstance(per_class, Mapping) else per_class
+    classes = [row["class"] for row in rows]
+    accuracy = np.array([row["recall"] for row in rows])
     bottom = max(0.0, math.floor((accuracy.min() - 0.02) * 20) / 20)  # zoom in, or all bars look the same
-    fig = _figure(4.8, 3.5)
-    ax = fig.subplots()
+    fig, ax = axes(ax, 4.8, 3.5)
     bars = ax.bar(classes, accuracy - bottom, bottom=bottom, color="#4c72b0")
     ax.bar_label(bars, labels=[f"{a:.1%}" for a in accuracy], fontsize=7)
     ax.set(xticks=classes, ylim=(bottom, 1.0 + (1.0 - bottom) * 0.08), xlabel="class",
            ylabel=f"accuracy (axis from {bottom:.0%})", title="Per-class accuracy (test set)")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def find_mistakes(probabilities: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
@@ -173,11 +176,11 @@ def find_mistakes(probabilities: torch.Tensor, y: torch.Tensor) -> list[dict[str
 
 
 def plot_mistakes(images: torch.Tensor, mistakes: Sequence[dict[str, Any]], path: str | os.PathLike | None = None,
-                  limit: int = 25) -> bytes:
+                  limit: int = 25) -> Figure:
     """The first `limit` mistakes (from `find_mistakes`), 5 per row (1000 x 210 px per row)."""
     shown = list(mistakes)[:limit]
     rows = max(1, math.ceil(len(shown) / MISTAKE_COLUMNS))
-    fig = _figure(10, 2.1 * rows)
+    fig = figure(10, 2.1 * rows)
     axes = fig.subplots(rows, MISTAKE_COLUMNS, squeeze=False).flatten()
     for ax in axes[len(shown):]:
         ax.set_axis_off()
@@ -186,7 +189,7 @@ def plot_mistakes(images: torch.Tensor, mistakes: Sequence[dict[str, Any]], path
     for ax, m in zip(axes, shown):
         _show_digit(ax, images[m["index"]], f"true {m['true']} / predicted {m['predicted']} ({m['confidence']:.2f})")
         ax.set_xlabel(f"test #{m['index']}", fontsize=8)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def _conv_layers(spec: ModelSpec) -> list[int]:
@@ -198,21 +201,21 @@ def _need_conv(spec: ModelSpec, what: str) -> None:
         raise MnistCnnError(f"model {spec.name!r} has no Conv2D layer, so it has no {what}")
 
 
-def plot_filters(model: SpecModel, path: str | os.PathLike | None = None) -> bytes:
+def plot_filters(model: SpecModel | Any, path: str | os.PathLike | None = None, *, ax: Axes | None = None) -> Figure:
     """The first Conv2D layer's kernels as small images, 8 per row (600 px wide, 50 + 75 px per row)."""
+    model = _spec_model(model)
     _need_conv(model.spec, "filters")
     conv = model.layers[_conv_layers(model.spec)[0]]
     # the Conv2d is the first module unless a Pad comes before it ('same' with uneven padding)
     weight = next(m for m in conv.modules() if isinstance(m, torch.nn.Conv2d)).weight.detach()
     kernels = weight.mean(1)[:MAX_CHANNELS].numpy()  # a kernel over C input channels shows their mean
     rows = math.ceil(len(kernels) / FILTER_COLUMNS)
-    fig = _figure(6, 0.5 + 0.75 * rows)
-    ax = fig.subplots()
+    fig, ax = axes(ax, 6, 0.5 + 0.75 * rows)
     # a dark gap: grey would pass for a small weight in this colour map
     _imshow_mosaic(ax, _mosaic(kernels, FILTER_COLUMNS, symmetric=True), "RdBu_r", "#303030", vmin=-1, vmax=1)
     ax.set_title(f"{weight.shape[0]} kernels of {weight.shape[2]}x{weight.shape[3]} "
                  "(red: positive weight, blue: negative)", fontsize=10)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 @torch.no_grad()
@@ -230,14 +233,15 @@ def _feature_map_heights(maps: dict[str, np.ndarray]) -> list[float]:
     return [2.0] + [0.4 + 0.6 * math.ceil(min(m.shape[2], MAX_CHANNELS) / GRID_COLUMNS) for m in maps.values()]
 
 
-def plot_feature_maps(model: SpecModel, image: Digit, path: str | os.PathLike | None = None,
-                      title: str = "input") -> bytes:
+def plot_feature_maps(model: SpecModel | Any, image: Digit, path: str | os.PathLike | None = None,
+                      title: str = "input") -> Figure:
     """The input digit, then the activations of every Conv2D layer, one block of tiles per layer
     (1000 px wide; 200 px for the input plus 40 + 60 per row of 16 channels for each layer)."""
+    model = _spec_model(model)
     _need_conv(model.spec, "feature maps")
     maps = feature_maps(model, image)
     heights = _feature_map_heights(maps)
-    fig = _figure(10, sum(heights))
+    fig = figure(10, sum(heights))
     axes = fig.subplots(len(heights), 1, height_ratios=heights)
     _show_digit(axes[0], image, title)
     for ax, (name, fmap) in zip(axes[1:], maps.items()):
@@ -245,7 +249,7 @@ def plot_feature_maps(model: SpecModel, image: Digit, path: str | os.PathLike | 
         shown = f", first {MAX_CHANNELS} shown" if channels > MAX_CHANNELS else ""
         _imshow_mosaic(ax, _mosaic(fmap.transpose(2, 0, 1)[:MAX_CHANNELS], GRID_COLUMNS), "viridis", "#9a9a9a")
         ax.set_title(f"{name}: {fmap.shape[0]}x{fmap.shape[1]}, {channels} channels{shown}", fontsize=10)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def saliency(model: SpecModel, image: Digit) -> tuple[np.ndarray, np.ndarray]:
@@ -258,12 +262,12 @@ def saliency(model: SpecModel, image: Digit) -> tuple[np.ndarray, np.ndarray]:
     return grad[0, 0].abs().cpu().numpy(), torch.softmax(logits.detach(), 1)[0].cpu().numpy()
 
 
-def plot_saliency(model: SpecModel, image: Digit, path: str | os.PathLike | None = None,
-                  title: str = "input") -> bytes:
+def plot_saliency(model: SpecModel | Any, image: Digit, path: str | os.PathLike | None = None,
+                  title: str = "input") -> Figure:
     """The digit, its saliency map, the two overlaid, and the class probabilities (1200 x 320 px)."""
-    sal, probs = saliency(model, image)
+    sal, probs = saliency(_spec_model(model), image)
     predicted = int(probs.argmax())
-    fig = _figure(12, 3.2)
+    fig = figure(12, 3.2)
     ax_digit, ax_map, ax_overlay, ax_probs = fig.subplots(1, 4, width_ratios=[1, 1, 1, 1.4])
     _show_digit(ax_digit, image, title)
     ax_map.imshow(sal, cmap="hot")
@@ -275,7 +279,7 @@ def plot_saliency(model: SpecModel, image: Digit, path: str | os.PathLike | None
     ax_probs.bar(range(len(probs)), probs, color=["#c44e52" if c == predicted else "#8c8c8c" for c in range(10)])
     ax_probs.set(xticks=range(len(probs)), ylim=(0, 1), xlabel="class")
     ax_probs.set_title("class probabilities", fontsize=9)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 # ---------------------------------------------------------------- the tutorials' pictures, on real data
@@ -289,11 +293,11 @@ def edge_filter_demo(image: Digit) -> dict[str, np.ndarray]:
             "pooled": F.max_pool2d(fmap, 2)[0, 0].numpy()}
 
 
-def plot_edge_filter(image: Digit, path: str | os.PathLike | None = None) -> bytes:
+def plot_edge_filter(image: Digit, path: str | os.PathLike | None = None) -> Figure:
     """The four pictures of `edge_filter_demo` side by side, sizes worked out by the formula (1200 x 360 px)."""
     demo = edge_filter_demo(image)
     n, f, m = len(demo["image"]), len(demo["filter"]), len(demo["feature_map"])
-    fig = _figure(12, 3.6)
+    fig = figure(12, 3.6)
     ax_digit, ax_filter, ax_map, ax_pool = fig.subplots(1, 4)
     _show_digit(ax_digit, image, f"digit {n}x{n}")
     ax_filter.imshow(demo["filter"], cmap="RdBu_r", vmin=-1.5, vmax=1.5)
@@ -310,7 +314,7 @@ def plot_edge_filter(image: Digit, path: str | os.PathLike | None = None) -> byt
     for ax in (ax_filter, ax_map, ax_pool):
         ax.set_xticks([])
         ax.set_yticks([])
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def _same_total_padding(n: int, f: int, s: int) -> int:

@@ -6,12 +6,14 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from html import escape
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .display import Text, html_table
 from .errors import MnistCnnError
 from .inputs import as_model_input
 from .spec import Layer, ModelSpec, infer_shapes
@@ -322,8 +324,9 @@ def count_params(spec: ModelSpec | SpecModel | str) -> tuple[int, int, int]:
     return _totals(layer_table(spec_of(spec)))
 
 
-def summary(spec: ModelSpec | SpecModel | str) -> str:
-    """The table Keras's `model.summary()` prints, with the same numbers (of a spec, a model, a Run or a name)."""
+def summary(spec: ModelSpec | SpecModel | str) -> Text:
+    """The table Keras's `model.summary()` prints, with the same numbers (of a spec, a model, a Run or a name):
+    a str, which a notebook shows as an HTML table."""
     spec = spec_of(spec)
     rows = layer_table(spec)
     cells = [(f"{r['name']} ({r['type']})", r["output_shape"], f"{r['params']:,}") for r in rows]
@@ -335,9 +338,12 @@ def summary(spec: ModelSpec | SpecModel | str) -> str:
     for c in cells:
         lines += [c[0].ljust(w[0]) + c[1].ljust(w[1]) + c[2].rjust(w[2]), rule]
     lines[-1] = "=" * sum(w)
-    lines += [f"{label} params: {n:,} ({_memory(4 * n)})"  # float32 weights, as Keras counts their bytes
+    totals = [f"{label} params: {n:,} ({_memory(4 * n)})"  # float32 weights, as Keras counts their bytes
               for label, n in (("Total", total), ("Trainable", trainable), ("Non-trainable", fixed))]
-    return "\n".join(lines)
+    html = (f"<p><b>Model: {escape(spec.name)}</b></p>" + html_table(("Layer (type)", "Output Shape", "Param #"),
+                                                                      cells, numeric=(2,))
+            + "".join(f"<div>{escape(t)}</div>" for t in totals))
+    return Text("\n".join(lines + totals), html)
 
 
 def _memory(size: float) -> str:

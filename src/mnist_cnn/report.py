@@ -12,12 +12,14 @@ import os
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .atomic import atomic_write_text
 from .data import MnistData
+from .display import html_table as _table
+from .display import png_bytes
 from .errors import MnistCnnError
 from .evaluation import metrics_from_logits, predict_logits
 from .explain import (
@@ -35,6 +37,9 @@ from .explain import (
 from .models import count_params, layer_table
 from .runs import Run, is_run_file, run_data
 from .sources import open_run
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # (id, heading): the page's sections, in order; tests check that each one is there
 SECTIONS = (
@@ -60,7 +65,7 @@ img { max-width: 100%; height: auto; display: block; margin: 6px 0; }
 table { border-collapse: collapse; font-size: 14px; margin: 6px 0 10px; }
 th, td { padding: 3px 12px; border-bottom: 1px solid #eee; text-align: left; vertical-align: top; }
 th { background: #f0f2f5; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td, th { font-variant-numeric: tabular-nums; }
 #output-size td { white-space: nowrap; }
 pre, code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px; }
 .ok { color: #1a7f37; font-weight: 600; } .bad { color: #c62828; font-weight: 600; }
@@ -68,18 +73,10 @@ pre, code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size:
 """
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
-    """An HTML table; columns whose index is in `numeric` align right."""
-    def cell(tag: str, i: int, value: Any) -> str:
-        return f'<{tag}{" class=num" if i in numeric else ""}>{escape(str(value))}</{tag}>'
-
-    head = "".join(cell("th", i, h) for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _img(fig: Figure, alt: str) -> str:
+    """The figure as an embedded PNG: the page needs no file beside it."""
+    png = base64.b64encode(png_bytes(fig)).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{png}">'
 
 
 def _note(text: str) -> str:

@@ -19,6 +19,7 @@ import json
 import os
 import reprlib
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from safetensors.torch import save as st_save
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .budgets import DOCUMENT_BYTES, WEIGHTS_BYTES, describe, exists, is_dir, is_file, read_bytes
 from .data import MnistData, load_mnist
+from .display import history_table, html_table
 from .errors import MnistCnnError
 from .models import SpecModel, build_model, count_params
 from .spec import ModelSpec, parse_spec
@@ -188,6 +190,18 @@ class Run:
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.predict_proba(x)
+
+    def __repr__(self) -> str:
+        tested = f", test accuracy {self.metrics['accuracy']:.2%}" if "accuracy" in self.metrics else ""
+        return (f"Run({str(self.source)!r}: {self.name}, {self.num_params:,} params, "
+                f"{len(self.history)} epoch{'s' if len(self.history) != 1 else ''}{tested})")
+
+    def _repr_html_(self) -> str:
+        facts = [("model", self.name), ("parameters", f"{self.num_params:,}"), ("epochs", len(self.history)),
+                 ("test accuracy", f"{self.metrics['accuracy']:.2%}" if "accuracy" in self.metrics else "-"),
+                 ("test loss", f"{self.metrics['loss']:.4f}" if "loss" in self.metrics else "-")]
+        return (f"<p>Run <code>{escape(str(self.source))}</code></p>" + html_table(("", ""), facts)
+                + (history_table(self.history) if self.history else ""))
 
     def save_metrics(self, metrics: dict[str, Any]) -> None:
         self.metrics = metrics

@@ -25,7 +25,7 @@ import torch
 from ..atomic import atomic_write_json, make_dir
 from ..augment import Augment, affine_matrices
 from ..budgets import exists
-from ..data import MnistData, load_mnist, recorded_path, split_validation
+from ..data import MnistData, load_mnist, recorded_source, split_validation
 from ..errors import MnistCnnError
 from ..evaluation import evaluate, loss_and_accuracy, predict_logits
 from ..inputs import to_float
@@ -279,10 +279,8 @@ def _default_out(model: str) -> Path:
 
 def _load_data(config: TrainConfig, data: MnistData | None, device: torch.device) -> tuple[TrainConfig, Split]:
     """The whole set as tensors on the device; the config records where the data came from."""
-    if data is not None and config.data is None and data.source != "bundled":  # evaluate/report find it again,
-        known = data.source and Path(data.source).exists()  # or refuse instead of testing on the bundled MNIST
-        config = dataclasses.replace(config, data=recorded_path(data.source) if known else
-                                     f"(data given in memory, source {data.source!r})")
+    if data is not None and config.data is None:  # evaluate/report find it again, or refuse rather than test on MNIST
+        config = dataclasses.replace(config, data=recorded_source(data))
     data = data if data is not None else load_mnist(config.data)
     if len(data.x_train) == 0:
         raise MnistCnnError(f"{data.source}: holds no training images (a test set alone can evaluate a run, not "

@@ -192,7 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # by default the run's own test set, as train and report measured it; --data or --limit-test choose another
     limit = args.limit_test or (None if args.data else run.config.get("limit_test"))
     x, y = data.x_test[:limit], data.y_test[:limit]
-    metrics = evaluate(run.model, x, y)
+    metrics = evaluate(run.model, x, y, classes=getattr(run, "classes", None))
     if args.json:
         return _print_json({"run_dir": str(run.path), "model": run.name, **metrics})
     print(f"{run.name} ({run.num_params:,} params) on {len(y)} test images from {data.source}")

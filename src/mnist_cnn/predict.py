@@ -21,7 +21,7 @@ from .data import check_unit_range, to_float
 from .errors import MnistCnnError
 from .ensemble import RunLike, model_of
 from .evaluate import predict_logits
-from .preprocess import ImageError, ImageSource, image_name, is_pil_image, load_image
+from .preprocess import IMAGE_SUFFIXES, ImageError, ImageSource, image_name, is_pil_image, load_image
 
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
@@ -86,9 +86,6 @@ def _unique_name(path: Path, taken: set[str]) -> str:
         name = f"{stem}-{n}.png"
     taken.add(name)
     return name
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 
 
 def image_files(paths: Sequence[ImageSource]) -> list[ImageSource]:

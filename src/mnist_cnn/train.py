@@ -35,7 +35,7 @@ from .evaluate import evaluate, loss_and_accuracy, predict_logits
 from .models import build_model, default_memory_format
 from .optim import DEFAULT_LR, EMA, SCHEDULES, decay_weights, improved, learning_rate, make_optimizer, plateau_lr
 from .runs import (Run, has_trained, latest_checkpoint, load_weights, read_json, remove_run_files,
-                   save_checkpoint, save_weights, write_history)
+                   save_checkpoint, save_weights, write_classes, write_history)
 from .spec import parse_spec
 from .zoo import RECIPES, get_spec, recipe_for
 
@@ -407,7 +407,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     # ---- model, optimiser, state ----
     # a resumed run keeps the architecture its checkpoint holds, whatever its spec file now says (or wherever it is)
     spec = (parse_spec(checkpoint[1]["spec"], str(out / "checkpoints")) if checkpoint is not None
-            else get_spec(config.model, **config.model_options))
+            else get_spec(config.model, num_classes=data.num_classes, **config.model_options))
     if spec.num_classes != data.num_classes:
         raise MnistCnnError(f"model {config.model}: its last layer gives {spec.num_classes} class scores, but the "
                             f"data has {data.num_classes} classes")
@@ -468,6 +468,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         make_dir(out, "run directory")
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "spec.json", spec.to_dict())
+        write_classes(out, data.classes)
 
     def state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -615,7 +616,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             say("Restored the best weights on " + config.monitor)
         if is_main:
             save_weights(out / "model.safetensors", final)
-            metrics = evaluate(final, x_test, y_test)
+            metrics = evaluate(final, x_test, y_test, classes=data.classes)
             metrics["epochs_trained"] = len(history)
             metrics["train_seconds"] = sum(r["seconds"] for r in history)
             atomic_write_json(out / "metrics.json", metrics)
@@ -629,7 +630,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     # hand back the model as `load_run` would build it (CPU, its default layout): same predictions, bit for bit
     final.memory_format = default_memory_format(spec)
     final = final.cpu().to(memory_format=final.memory_format).eval()
-    return Run(out, final, config.to_dict(), history, metrics)
+    return Run(out, final, config.to_dict(), history, metrics, classes=data.classes)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

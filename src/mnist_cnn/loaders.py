@@ -27,7 +27,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import IMAGE_SHAPE, MAX_CLASSES, MnistData, _listing, _read_npy, _to_data, load_mnist, read_idx
+from .data import (
+    IMAGE_SHAPE,
+    MAX_CLASSES,
+    MnistData,
+    _listing,
+    _read_npy,
+    _to_data,
+    load_mnist,
+    read_idx,
+)
 from .errors import MnistCnnError
 from .preprocess import IMAGE_SUFFIXES, load_image
 
@@ -74,7 +83,8 @@ def load_data(path: str | os.PathLike, kind: str | None = None, *, test_only: bo
     """Read any supported set: `kind` one of KINDS, or None to tell from the file names (MNIST's formats then).
 
     `classes`: names for the labels 0..n-1, replacing the file's own (e.g. Fashion-MNIST's "T-shirt", ...).
-    `orientation` (EMNIST): "auto" puts files named emnist-* upright; "transposed" or "upright" says so.
+    `orientation`: "auto" puts EMNIST's files (named emnist-*) upright and leaves others as they are;
+    "transposed" puts any set's images upright, "upright" takes them as they are.
     `per_class` (Quick, Draw!): images read per class file. `test_fraction`: the share of each class held out
     for testing where the set has no test split (Quick, Draw!, one folder of class folders).
     """
@@ -97,6 +107,9 @@ def load_data(path: str | os.PathLike, kind: str | None = None, *, test_only: bo
         data = read_image_folder(path, test_fraction=test_fraction)
     else:
         data = load_mnist(path, test_only=test_only)
+    if orientation == "transposed" and kind != "emnist":  # IDX files in EMNIST's layout under other names
+        data = MnistData(data.x_train.transpose(1, 2), data.y_train, data.x_test.transpose(1, 2), data.y_test,
+                         source=data.source, classes=data.classes)
     if classes is not None:
         data = MnistData(data.x_train, data.y_train, data.x_test, data.y_test, source=data.source,
                          classes=tuple(classes))
@@ -125,15 +138,14 @@ def read_emnist(path: str | os.PathLike, *, test_only: bool = False, orientation
         for key, part in ((f"x_{split}", f"{split}-images-idx3-ubyte"), (f"y_{split}", f"{split}-labels-idx1-ubyte")):
             names[key] = _existing(directory, f"{prefix}-{part}", (".gz", ""))
             arrays[key] = _read_idx_within(names[key])
-    if orientation == "transposed" or (orientation == "auto" and prefix.startswith("emnist-")):
-        for key in arrays:  # EMNIST stores each image column by column: swap its axes back
-            if key.startswith("x_") and arrays[key].ndim == 3:
-                arrays[key] = arrays[key].transpose(0, 2, 1)
+    for key, array in arrays.items():  # EMNIST stores each image column by column: swap its axes back
+        if key.startswith("x_") and array.ndim == 3 and orientation != "upright":
+            arrays[key] = array.transpose(0, 2, 1)
     mapping = directory / f"{prefix}-mapping.txt"
     offset, classes = _emnist_mapping(mapping) if mapping.is_file() else (0, _numbered(arrays))
-    for key in arrays:
+    for key, array in arrays.items():
         if key.startswith("y_") and offset:  # letters count from 1 in its files
-            arrays[key] = arrays[key].astype(np.int64) - offset
+            arrays[key] = array.astype(np.int64) - offset
     return _to_data(arrays, names, str(directory / prefix), classes)
 
 
@@ -167,7 +179,8 @@ def _emnist_mapping(path: Path) -> tuple[int, tuple[str, ...]]:
                                 "codes (e.g. '1 65 97')") from None
     labels = [label for label, _ in rows]
     if not rows or labels != list(range(labels[0], labels[0] + len(labels))):
-        raise MnistCnnError(f"{path}: expected consecutive labels, one per line, got {_listing([str(label) for label in labels])}")
+        raise MnistCnnError(f"{path}: expected consecutive labels, one per line, got "
+                            f"{_listing([str(label) for label in labels])}")
     return labels[0], tuple(name for _, name in rows)
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from .atomic import atomic_write_bytes
 from .data import check_unit_range, to_float
 from .errors import MnistCnnError
-from .ensemble import RunLike, model_of
+from .ensemble import RunLike, load_model, model_of
 from .evaluate import predict_logits
 from .preprocess import IMAGE_SUFFIXES, ImageError, ImageSource, image_name, is_pil_image, load_image
 
@@ -45,12 +45,23 @@ def predict_proba(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return torch.softmax(predict_logits(model, x), dim=1).cpu().numpy()
 
 
-def describe(probabilities: np.ndarray, k: int = 3) -> dict[str, Any]:
-    """One image's probabilities -> digit, its probability, the top k, and all ten (as floats)."""
+def describe(probabilities: np.ndarray, k: int = 3, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """One image's probabilities -> digit (the class index), its probability, the top k, and all of them (as
+    floats); with class names (`classes`), each index comes with its `label`."""
     order = np.argsort(-probabilities, kind="stable")[:k]
-    return {"digit": int(order[0]), "probability": float(probabilities[order[0]]),
-            "top3": [{"digit": int(d), "probability": float(probabilities[d])} for d in order],
+
+    def named(d: int) -> dict[str, Any]:
+        return {"digit": int(d), "label": classes[d]} if classes else {"digit": int(d)}
+
+    return {**named(order[0]), "probability": float(probabilities[order[0]]),
+            "top3": [{**named(d), "probability": float(probabilities[d])} for d in order],
             "probabilities": [float(p) for p in probabilities]}
+
+
+def _opened(run: RunLike | nn.Module) -> tuple[nn.Module, Sequence[str] | None]:
+    """The model to run and its class names (None: the digits, or a bare model)."""
+    run = load_model(run) if isinstance(run, (str, os.PathLike)) else run
+    return model_of(run), getattr(run, "classes", None)
 
 
 def predict_arrays(run: RunLike | nn.Module, images: np.ndarray) -> list[dict[str, Any]]:
@@ -66,7 +77,8 @@ def predict_arrays(run: RunLike | nn.Module, images: np.ndarray) -> list[dict[st
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         hint = "; for a photo or drawing of any size, use predict_files" if given.ndim in (2, 3) else ""
         raise MnistCnnError(f"expected images of shape [N, 28, 28], got {list(given.shape)}{hint}")
-    return [describe(p) for p in predict_proba(model_of(run), to_model_input(images))]
+    model, classes = _opened(run)
+    return [describe(p, classes=classes) for p in predict_proba(model, to_model_input(images))]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -106,7 +118,8 @@ def predict_files(run: RunLike | nn.Module, paths: ImageSource | Sequence[ImageS
                   show_preprocessed_dir: str | os.PathLike | None = None, *, raw: bool = False,
                   skip_unreadable: bool = False) -> list[dict[str, Any]]:
     """Preprocess each image (a file's path, a folder: its image files; encoded bytes; a Pillow image) the MNIST way
-    and predict it. Returns one dict per image: file (its path, or what it is), digit, probability, top3 [{digit, probability}], probabilities (ten), and `preprocessed` (where
+    and predict it. Returns one dict per image: file (its path, or what it is), digit, label (named classes only),
+    probability, top3 [{digit, label, probability}], probabilities, and `preprocessed` (where
     the 28x28 input was written, when `show_preprocessed_dir` is given). `raw`: 28x28 images are fed as they are,
     without the MNIST preparation (see `preprocess.load_image`). A file that is not a usable image raises
     ImageError naming it, or with `skip_unreadable` gives {file, error} and the other files are still predicted."""
@@ -115,7 +128,7 @@ def predict_files(run: RunLike | nn.Module, paths: ImageSource | Sequence[ImageS
     paths = image_files(paths)
     if not paths:
         raise MnistCnnError("no image files given")
-    model = model_of(run)
+    model, classes = _opened(run)
     results, images = [], []
     for path in paths:
         try:
@@ -128,7 +141,7 @@ def predict_files(run: RunLike | nn.Module, paths: ImageSource | Sequence[ImageS
     readable = [r for r in results if "error" not in r]
     if images:
         for result, prob in zip(readable, predict_proba(model, to_model_input(np.stack(images)))):
-            result.update(describe(prob))
+            result.update(describe(prob, classes=classes))
     if show_preprocessed_dir is not None:
         out_dir = Path(show_preprocessed_dir)
         # the images given may live in that folder: their names are taken, so they are never written over
@@ -142,15 +155,17 @@ def predict_files(run: RunLike | nn.Module, paths: ImageSource | Sequence[ImageS
 
 
 def format_predictions(results: Sequence[dict[str, Any]]) -> str:
-    """Text report, one line per image: `FILE  DIGIT (P%)  top-3: D P%, D P%, D P%` (or `error: ...`)."""
+    """Text report, one line per image: `FILE  DIGIT (P%)  top-3: D P%, D P%, D P%` (or `error: ...`); a class's
+    name where it has one."""
     width = max((len(str(r.get("file", ""))) for r in results), default=0)
     lines = []
     for r in results:
         if "error" in r:  # the message names the file
             lines.append(f"error: {r['error']}")
             continue
-        top = ", ".join(f"{t['digit']} {t['probability'] * 100:.1f}%" for t in r["top3"])
-        line = f"{str(r.get('file', '')):<{width}}  {r['digit']} ({r['probability'] * 100:.1f}%)  top-3: {top}"
+        top = ", ".join(f"{t.get('label', t['digit'])} {t['probability'] * 100:.1f}%" for t in r["top3"])
+        line = (f"{str(r.get('file', '')):<{width}}  {r.get('label', r['digit'])} ({r['probability'] * 100:.1f}%)  "
+                f"top-3: {top}")
         if "preprocessed" in r:
             line += f"  [model input: {r['preprocessed']}]"
         lines.append(line)

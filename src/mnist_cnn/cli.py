@@ -321,7 +321,8 @@ _JSON = "print JSON instead of text"
 _JSON_LAST = "print one JSON object as the last line"
 _MODEL = "a named model (see `mnist-cnn models`) or a .toml/.json/.yaml spec file"
 _RUN = "a run directory (mnist-cnn train --out DIR)"
-_TRAIN_DATA = "a directory of IDX files or a .npz file (default: the bundled MNIST)"
+_TRAIN_DATA = ("a directory of IDX files or a .npz file, or EMNIST, Kuzushiji, Quick, Draw! and image-folder sets "
+               "(docs/datasets.md; default: the bundled MNIST)")
 
 
 def _add_data_option(p: argparse.ArgumentParser) -> None:

@@ -146,7 +146,7 @@ def read_emnist(path: str | os.PathLike, *, test_only: bool = False, orientation
     for key, array in arrays.items():
         if key.startswith("y_") and offset:  # letters count from 1 in its files
             arrays[key] = array.astype(np.int64) - offset
-    return _to_data(arrays, names, str(directory / prefix), classes)
+    return _to_data(arrays, names, str(p), classes)
 
 
 def _read_idx_within(path: Path) -> np.ndarray:

@@ -3,6 +3,7 @@ and answered by name in predict, serve, evaluate and exports. Every file is buil
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 
@@ -245,3 +246,21 @@ def test_mnist_runs_are_as_before(trained_run):
     assert load_run(trained_run.path).classes is None
     assert "top_k" not in trained_run.metrics and "label" not in predict_files(
         trained_run, encode(drawing("bar", size=100)))[0]
+
+
+def test_report_names_the_classes(folder_run, tmp_path):
+    from mnist_cnn.report import report
+
+    page = report(folder_run.path, tmp_path / "report.html").read_text()
+    assert "<td>triangle</td>" in page and "<td>equals</td>" in page
+
+
+def test_the_confusion_picture_grows_to_62_named_classes():
+    from PIL import Image
+
+    from mnist_cnn.explain import plot_confusion
+
+    names = [chr(c) for r in ((48, 58), (65, 91), (97, 123)) for c in range(*r)]  # EMNIST byclass: 0-9, A-Z, a-z
+    png = plot_confusion(np.eye(62, dtype=int) * 5, classes=names)
+    assert len(names) == 62 and Image.open(io.BytesIO(png)).size == (1540, 1364)
+    assert Image.open(io.BytesIO(plot_confusion(np.eye(10, dtype=int)))).size == (700, 620)  # ten as before

@@ -22,10 +22,11 @@ import re
 import struct
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+import torch
 
 from .data import (
     IMAGE_SHAPE,
@@ -133,11 +134,12 @@ def read_emnist(path: str | os.PathLike, *, test_only: bool = False, orientation
         raise MnistCnnError(f"{directory}: holds the EMNIST splits {', '.join(splits)}: give one of them as "
                             f"{directory / splits[0]}" if splits else f"{directory}: no EMNIST IDX files")
     prefix = prefix or splits[0]
-    arrays, names = {}, {}
+    arrays: dict[str, np.ndarray] = {}
+    names: dict[str, str | Path] = {}
     for split in ("test",) if test_only else ("train", "test"):
         for key, part in ((f"x_{split}", f"{split}-images-idx3-ubyte"), (f"y_{split}", f"{split}-labels-idx1-ubyte")):
-            names[key] = _existing(directory, f"{prefix}-{part}", (".gz", ""))
-            arrays[key] = _read_idx_within(names[key])
+            names[key] = file = _existing(directory, f"{prefix}-{part}", (".gz", ""))
+            arrays[key] = _read_idx_within(file)
     for key, array in arrays.items():  # EMNIST stores each image column by column: swap its axes back
         if key.startswith("x_") and array.ndim == 3 and orientation != "upright":
             arrays[key] = array.transpose(0, 2, 1)
@@ -194,11 +196,12 @@ def read_kuzushiji(path: str | os.PathLike, *, test_only: bool = False) -> Mnist
     if len(sets) != 1:
         raise MnistCnnError(f"{directory}: holds both kmnist and k49 files; put each set in a folder of its own")
     prefix = sets[0]
-    arrays, names = {}, {}
+    arrays: dict[str, np.ndarray] = {}
+    names: dict[str, str | Path] = {}
     for split in ("test",) if test_only else ("train", "test"):
         for key, part in ((f"x_{split}", "imgs"), (f"y_{split}", "labels")):
-            names[key] = _existing(directory, f"{prefix}-{split}-{part}.npz", ("",))
-            arrays[key] = _npz_array(names[key])
+            names[key] = file = _existing(directory, f"{prefix}-{split}-{part}.npz", ("",))
+            arrays[key] = _npz_array(file)
     classmap = directory / f"{prefix}_classmap.csv"
     classes = _classmap(classmap) if classmap.is_file() else _numbered(arrays)
     return _to_data(arrays, names, str(directory), classes)
@@ -267,7 +270,8 @@ def read_image_folder(path: str | os.PathLike, *, test_fraction: float = TEST_FR
         classes = tuple(train)
         x_train, y_train = _read_images(train, classes)
         x_test, y_test = _read_images(test, classes)
-        return MnistData(x_train, y_train, x_test, y_test, source=str(root), classes=classes)
+        return MnistData(torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test),
+                         torch.from_numpy(y_test), source=str(root), classes=classes)
     files = _class_files(root)
     classes = tuple(files)
     images, labels = zip(*(_read_images({c: files[c]}, classes) for c in classes))
@@ -314,8 +318,8 @@ def _split_per_class(images: list[np.ndarray], labels: list[np.ndarray], test_fr
         x, y = np.concatenate(parts[f"x_{split}"]), np.concatenate(parts[f"y_{split}"])
         order = rng.permutation(len(x))
         arrays[f"x_{split}"], arrays[f"y_{split}"] = x[order], y[order]
-    return MnistData(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], source=source,
-                     classes=classes)
+    x_train, y_train, x_test, y_test = (torch.from_numpy(arrays[k]) for k in ("x_train", "y_train", "x_test", "y_test"))
+    return MnistData(x_train, y_train, x_test, y_test, source=source, classes=classes)
 
 
 def _numbered(arrays: dict[str, np.ndarray]) -> tuple[str, ...] | None:

@@ -264,3 +264,12 @@ def test_the_confusion_picture_grows_to_62_named_classes():
     png = plot_confusion(np.eye(62, dtype=int) * 5, classes=names)
     assert len(names) == 62 and Image.open(io.BytesIO(png)).size == (1540, 1364)
     assert Image.open(io.BytesIO(plot_confusion(np.eye(10, dtype=int)))).size == (700, 620)  # ten as before
+
+
+def test_an_ensemble_of_named_runs_answers_with_the_names(folder_run, tmp_path):
+    from mnist_cnn.ensemble import ensemble_runs, load_ensemble, write_ensemble
+
+    out = write_ensemble(tmp_path / "ens", ensemble_runs([folder_run.path]), {}, classes=folder_run.classes)
+    assert load_ensemble(out).classes == tuple(sorted(SHAPES))
+    [result] = predict_files(out, encode(drawing("plus", size=90, dark_on_light=True)))
+    assert result["label"] == "plus"

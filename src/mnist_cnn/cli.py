@@ -252,7 +252,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     if not runs:
         raise MnistCnnError("give RUN_DIR arguments, --train N, or both")
     model, metrics = evaluate_ensemble(runs, tta=args.tta, data=data, limit_test=args.limit_test, log=log)
-    out = write_ensemble(args.out, model, metrics, data=data_path, limit_test=args.limit_test)
+    out = write_ensemble(args.out, model, metrics, data=data_path, limit_test=args.limit_test, classes=data.classes)
     log(f"ensemble saved in {out}")
     if args.json:
         _print_json({"out": str(out), **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion")}})

@@ -31,7 +31,8 @@ from .data import MnistData, load_mnist, model_input, recorded_path, split_valid
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, metrics_from_logits, predict_logits
 from .models import SpecModel, build_model, count_params
-from .runs import ENSEMBLE_FILE, Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_json, save_tensors
+from .runs import (ENSEMBLE_FILE, Run, checkpoint_paths, fill_weights, load_run, load_tensors, read_classes, read_json,
+                   save_tensors, write_classes)
 from .spec import parse_spec
 from .zoo import get_spec
 
@@ -193,6 +194,7 @@ class EnsembleRun:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    classes: tuple[str, ...] | None = None  # its members' class names; None: the digits 0..9
 
     @property
     def name(self) -> str:
@@ -211,7 +213,8 @@ def load_ensemble(path: str | os.PathLike) -> EnsembleRun:
     path = Path(path)
     base = path if path.is_dir() else path.parent
     model = load_ensemble_model(path)
-    return EnsembleRun(base, model, read_json(base / "config.json", {}), read_json(base / "metrics.json", {}))
+    return EnsembleRun(base, model, read_json(base / "config.json", {}), read_json(base / "metrics.json", {}),
+                       classes=read_classes(base))
 
 
 RunLike = Union[Run, "EnsembleRun", SpecModel, "EnsembleModel", str, "os.PathLike[str]"]
@@ -318,7 +321,8 @@ def check_ensemble_out(out: str | os.PathLike) -> Path:
 
 
 def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[str, Any], *,
-                   data: str | os.PathLike | None = None, limit_test: int | None = None) -> Path:
+                   data: str | os.PathLike | None = None, limit_test: int | None = None,
+                   classes: tuple[str, ...] | None = None) -> Path:
     """The ensemble directory: ensemble.safetensors + metrics.json + config.json (its members, and the test data
     it was measured on, which `mnist-cnn evaluate ENSEMBLE_DIR` tests again as it does for a run)."""
     out = make_dir(check_ensemble_out(out))
@@ -328,6 +332,7 @@ def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[s
                                             "shifts": [list(s) for s in model.shifts],
                                             "data": None if data is None else recorded_path(data),
                                             "limit_test": limit_test})
+    write_classes(out, classes)
     return out
 
 

@@ -130,7 +130,6 @@ def class_name(classes: Sequence[str] | None, index: int) -> str:
     return classes[index] if classes else str(index)
 
 
-
 # ---------------------------------------------------------------- IDX files
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

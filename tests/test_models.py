@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mnist_cnn import MODELS, build_model, count_params, get_spec, layer_table, summary
-from mnist_cnn.inputs import to_float
 from mnist_cnn.explain import feature_maps, saliency
 from mnist_cnn.export import export_model, run_exported
+from mnist_cnn.inputs import to_float
 from mnist_cnn.predict import predict_arrays
 from mnist_cnn.spec import parse_spec
 

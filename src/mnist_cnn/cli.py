@@ -161,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # by default the run's own test set, as train and report measured it; --data or --limit-test choose another
     limit = args.limit_test or (None if args.data else run.config.get("limit_test"))
     x, y = data.x_test[:limit], data.y_test[:limit]
-    metrics = evaluate(run.model, x, y)
+    metrics = evaluate(run.model, x, y, classes=run.classes)
     if args.json:
         return _print_json({"run_dir": str(run.path), "model": run.name, **metrics})
     print(f"{run.name} ({run.num_params:,} params) on {len(y)} test images from {data.source}")
@@ -212,7 +212,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     if not runs:
         raise MnistCnnError("give RUN_DIR arguments, --train N, or both")
     model, metrics = evaluate_ensemble(runs, tta=args.tta, data=data, limit_test=args.limit_test, log=log)
-    out = write_ensemble(args.out, model, metrics, data=data_path, limit_test=args.limit_test)
+    out = write_ensemble(args.out, model, metrics, data=data_path, limit_test=args.limit_test, classes=data.classes)
     log(f"ensemble saved in {out}")
     if args.json:
         _print_json({"out": str(out), **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion")}})

@@ -15,6 +15,7 @@ import lzma
 import math
 import numbers
 import os
+import reprlib
 import struct
 import urllib.error
 import urllib.request
@@ -23,7 +24,7 @@ import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, ClassVar, Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ from .errors import MnistCnnError
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
+DIGITS = tuple(str(d) for d in range(NUM_CLASSES))  # the class names of MNIST, which data leaves as None
+MAX_CLASSES = 1000  # named classes in one set (Quick, Draw! has 345): more is a wrong folder, not a data set
 
 # The canonical MNIST files: SHA-256 and size of the *decompressed* IDX content (gzip bytes
 # differ between compressors, the content does not).
@@ -70,11 +73,12 @@ _verified: set[Path] = set()  # bundled files whose checksums passed in this pro
 
 @dataclass
 class MnistData:
-    """A train/test pair: uint8 images [N, 28, 28], int64 labels [N], and where they came from.
+    """A train/test pair: uint8 images [N, 28, 28], int64 labels [N], where they came from, and the class names.
 
     Built by hand, it takes numpy arrays or tensors in what a Keras tutorial leaves too (a channel axis of 1,
     pixels / 255 as floats, one-hot or (N, 1) labels) and checks them as files are checked, naming the field
     at fault. The training split may be empty (a test set alone evaluates a run), the test split may not.
+    `classes`: the name of each label 0..len-1 (EMNIST's letters, folder names); None is the ten digits 0..9.
     """
 
     x_train: torch.Tensor
@@ -82,22 +86,49 @@ class MnistData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     source: str
-    num_classes: ClassVar[int] = NUM_CLASSES
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        self.classes = checked_classes(self.classes, "MnistData.classes")
         for split in ("train", "test"):
             x, y = (np.asarray(getattr(self, f"{k}_{split}")) for k in "xy")  # tensors on the CPU, lists, arrays
-            x, y = _checked_split(x, y, f"MnistData.x_{split}", f"MnistData.y_{split}", empty_ok=split == "train")
+            x, y = _checked_split(x, y, f"MnistData.x_{split}", f"MnistData.y_{split}", empty_ok=split == "train",
+                                  num_classes=self.num_classes)
             setattr(self, f"x_{split}", torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)))
             setattr(self, f"y_{split}", torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
         self.source = str(self.source)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else NUM_CLASSES
 
     def __len__(self) -> int:
         """The number of training examples."""
         return len(self.x_train)
 
     def __repr__(self) -> str:
-        return f"MnistData(train={len(self.x_train)}, test={len(self.x_test)}, source={self.source!r})"
+        named = f", classes={self.num_classes}" if self.classes else ""
+        return f"MnistData(train={len(self.x_train)}, test={len(self.x_test)}, source={self.source!r}{named})"
+
+
+def checked_classes(classes: Sequence[str] | None, name: str) -> tuple[str, ...] | None:
+    """Class names as a tuple of distinct non-empty strings (2 to MAX_CLASSES); the ten digits "0".."9" are None."""
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not all(isinstance(c, str) and c.strip() for c in classes):
+        raise MnistCnnError(f"{name}: expected a list of non-empty class names, got {reprlib.repr(classes)}")
+    names = tuple(classes)
+    if not 2 <= len(names) <= MAX_CLASSES:
+        raise MnistCnnError(f"{name}: {len(names)} class names, expected 2 to {MAX_CLASSES}")
+    if len(set(names)) != len(names):
+        twice = next(c for c in names if names.count(c) > 1)
+        raise MnistCnnError(f"{name}: class name {twice!r} is given twice")
+    return None if names == DIGITS else names
+
+
+def class_name(classes: Sequence[str] | None, index: int) -> str:
+    """What class `index` is called: its name, or the digit itself when there are no names."""
+    return classes[index] if classes else str(index)
 
 
 # ---------------------------------------------------------------- IDX files
@@ -294,7 +325,14 @@ def load_mnist(path: str | os.PathLike | None = None, *, verify: bool = True, te
     not, under their usual or Kaggle-style names; or a Keras-style .npz file.
     `test_only`: read the test split alone (the t10k files, or x_test and y_test), which is all that
     evaluating a trained model needs; the training split is then empty.
+    EMNIST, Kuzushiji, Quick, Draw! and image folders are told apart by their file names and read by
+    `mnist_cnn.loaders.load_data`, with their class names.
     """
+    if path is not None:
+        from .loaders import detect_kind, load_data  # the other formats' readers build on this module's
+
+        if detect_kind(path) is not None:
+            return load_data(path, test_only=test_only)
     directory = bundled_mnist_dir() if path is None else Path(path).expanduser()
     keys = TEST_KEYS if test_only else tuple(IDX_NAMES)
     if path is None or is_dir(directory):
@@ -347,45 +385,49 @@ def _as_bytes(x: np.ndarray, name: str | Path) -> np.ndarray:
     return pixels.astype(np.uint8)
 
 
-def _as_class_numbers(y: np.ndarray, name: str | Path) -> np.ndarray:
+def _as_class_numbers(y: np.ndarray, name: str | Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Labels as one integer per image; also takes one-hot rows (Keras's to_categorical) and whole floats."""
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    elif y.ndim == 2 and y.shape[1] == NUM_CLASSES and y.size and np.isin(y, (0, 1)).all() and (y.sum(1) == 1).all():
+    elif y.ndim == 2 and y.shape[1] == num_classes and y.size and np.isin(y, (0, 1)).all() and (y.sum(1) == 1).all():
         y = y.argmax(1)
     if y.dtype.kind == "f" and y.size and np.isfinite(y).all() and (y == np.rint(y)).all():
         y = y.astype(np.int64)
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise MnistCnnError(f"{name}: labels have shape {y.shape} and dtype {y.dtype}, expected one integer per "
-                            f"image (or one-hot rows of {NUM_CLASSES})")
+                            f"image (or one-hot rows of {num_classes})")
     return y
 
 
 def _checked_split(x: np.ndarray, y: np.ndarray, x_name: str | Path, y_name: str | Path, *,
-                   empty_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """One split's images as uint8 [N, 28, 28] and labels as integers 0..9, or one line naming the culprit."""
-    x, y = _as_bytes(x, x_name), _as_class_numbers(y, y_name)
+                   empty_ok: bool = False, num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+    """One split's images as uint8 [N, 28, 28] and labels as integers 0..num_classes-1, or one line naming the
+    culprit."""
+    x, y = _as_bytes(x, x_name), _as_class_numbers(y, y_name, num_classes)
     if x.dtype != np.uint8:
         raise MnistCnnError(f"{x_name}: images have dtype {x.dtype}, expected uint8")
     if len(x) == 0 and not (empty_ok and len(y) == 0):
         raise MnistCnnError(f"{x_name}: holds no images")
     if len(y) != len(x):
         raise MnistCnnError(f"{y_name}: {len(y)} labels for the {len(x)} images in {x_name}")
-    if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
         bad = y.min() if y.min() < 0 else y.max()
-        raise MnistCnnError(f"{y_name}: label {bad} out of range 0..{NUM_CLASSES - 1}")
+        raise MnistCnnError(f"{y_name}: label {bad} out of range 0..{num_classes - 1}")
     return x, y
 
 
-def _to_data(arrays: dict[str, np.ndarray], names: dict[str, str | Path], source: str) -> MnistData:
+def _to_data(arrays: dict[str, np.ndarray], names: dict[str, str | Path], source: str,
+             classes: Sequence[str] | None = None) -> MnistData:
     """Check the splits given (naming the file at fault) and wrap them as tensors; a split not given is empty."""
+    classes = checked_classes(classes, f"{source}: class names")
     for split in ("train", "test"):
         x_key, y_key = f"x_{split}", f"y_{split}"
         if x_key in arrays:
-            arrays[x_key], arrays[y_key] = _checked_split(arrays[x_key], arrays[y_key], names[x_key], names[y_key])
+            arrays[x_key], arrays[y_key] = _checked_split(arrays[x_key], arrays[y_key], names[x_key], names[y_key],
+                                                          num_classes=len(classes) if classes else NUM_CLASSES)
         else:
             arrays[x_key], arrays[y_key] = np.empty((0, *IMAGE_SHAPE), np.uint8), np.empty(0, np.int64)
-    return MnistData(*(arrays[key] for key in IDX_NAMES), source=source)
+    return MnistData(*(arrays[key] for key in IDX_NAMES), source=source, classes=classes)
 
 
 # ---------------------------------------------------------------- the bundled copy and downloads

@@ -43,8 +43,10 @@ from .runs import (
     fill_weights,
     load_run,
     load_tensors,
+    read_classes,
     read_json,
     save_tensors,
+    write_classes,
 )
 from .spec import parse_spec
 from .training.config import PLACEMENT
@@ -225,6 +227,7 @@ class EnsembleRun:
     def source(self) -> Path:
         """What the ensemble was opened from: its directory, or the file."""
         return self.file or self.path
+    classes: tuple[str, ...] | None = None  # its members' class names; None: the digits 0..9
 
     @property
     def name(self) -> str:
@@ -244,7 +247,8 @@ def load_ensemble(path: str | os.PathLike) -> EnsembleRun:
     base = path if is_dir(path) else path.parent
     model = load_ensemble_model(path)
     return EnsembleRun(base, model, checked_config(base / "config.json", ("data", "limit_test")),
-                       read_json(base / "metrics.json", {}), file=None if is_dir(path) else path)
+                       read_json(base / "metrics.json", {}), file=None if is_dir(path) else path,
+                       classes=read_classes(base))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,7 +324,8 @@ def check_ensemble_out(out: str | os.PathLike) -> Path:
 
 
 def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[str, Any], *,
-                   data: str | os.PathLike | None = None, limit_test: int | None = None) -> Path:
+                   data: str | os.PathLike | None = None, limit_test: int | None = None,
+                   classes: tuple[str, ...] | None = None) -> Path:
     """The ensemble directory: ensemble.safetensors + metrics.json + config.json (its members, and the test data
     it was measured on, which `mnist-cnn evaluate ENSEMBLE_DIR` tests again as it does for a run)."""
     with claim(check_ensemble_out(out), "ensemble") as folder:
@@ -330,6 +335,7 @@ def write_ensemble(out: str | os.PathLike, model: EnsembleModel, metrics: dict[s
                                                    "shifts": [list(s) for s in model.shifts],
                                                    "data": None if data is None else recorded_path(data),
                                                    "limit_test": limit_test})
+        write_classes(folder, classes)
     return folder
 
 
@@ -392,8 +398,17 @@ def config_differences(config: Any) -> list[str]:
         return ["out"]
     saved, wanted = _comparable(read_json(out / "config.json", {})), _comparable(config.to_dict())
     differences = [k for k in dict.fromkeys([*wanted, *saved]) if saved.get(k) != wanted.get(k)]
-    spec = config.model_spec().to_dict()  # a spec file may have been edited since
-    return differences + (["spec"] if read_json(out / "spec.json", {}) != spec else [])
+    saved_spec = read_json(out / "spec.json", {})
+    spec = config.model_spec(_num_classes(saved_spec)).to_dict()  # a spec file may have been edited since
+    return differences + (["spec"] if saved_spec != spec else [])
+
+
+def _num_classes(spec: dict[str, Any]) -> int:
+    """The class count a saved spec.json gives (its head follows the data it was trained on); 10 if unreadable."""
+    try:
+        return parse_spec(spec, "spec.json").num_classes
+    except MnistCnnError:
+        return 10
 
 
 def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[[str], None] = print) -> Run:

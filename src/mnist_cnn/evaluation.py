@@ -1,16 +1,18 @@
-"""Metrics: loss, accuracy, per-class precision / recall / F1 and the confusion matrix.
+"""Metrics: loss, accuracy, per-class precision / recall / F1 and the confusion matrix; with named classes (anything
+but the ten digits) also top-k accuracy and the most frequent confusions, which stay readable with 62 or 345 classes.
 
 Pure functions of a model and tensors; training uses them for validation, the CLI for the test set.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import class_name
 from .display import html_table
 from .errors import MnistCnnError
 from .inputs import as_labels, as_model_input
@@ -81,6 +83,23 @@ def averages(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
             "weighted": {k: sum(r[k] * r["support"] for r in rows) / total for k in ("precision", "recall", "f1")}}
 
 
+def top_k_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    """The share of images whose true class is among the k highest scores."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == y.to(top.device)[:, None]).any(1).sum().item() / len(y)
+
+
+def top_confusions(confusion: torch.Tensor, classes: Sequence[str] | None = None,
+                   most: int = 10) -> list[dict[str, Any]]:
+    """The `most` most frequent mistakes, [{true, predicted, count}] (class names), most frequent first."""
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    counts, order = off.flatten().sort(descending=True, stable=True)
+    n = confusion.shape[0]
+    return [{"true": class_name(classes, i // n), "predicted": class_name(classes, i % n), "count": c}
+            for c, i in zip(counts[:most].tolist(), order[:most].tolist()) if c > 0]
+
+
 class Metrics(dict):
     """What `evaluate` returns: a plain dict (JSON-serialisable, equal to the dict it holds) that prints as
     `format_metrics`' report and that a notebook shows as tables."""
@@ -99,39 +118,60 @@ class Metrics(dict):
                 + html_table(("", *range(len(confusion))), confusion, numeric=range(1, len(confusion) + 1)))
 
 
-def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor) -> Metrics:
+def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, classes: Sequence[str] | None = None) -> Metrics:
+    """The metrics of `evaluate`; `classes` (names, None for the ten digits) adds names, top-k and confusions."""
     loss, accuracy = loss_and_accuracy(logits, y)
     confusion = confusion_matrix(logits.argmax(1), y, logits.shape[1])
     rows = per_class(confusion)
-    return Metrics(loss=loss, accuracy=accuracy, count=len(y), errors=int(len(y) - confusion.diag().sum()),
-                   per_class=rows, **averages(rows), confusion=confusion.tolist())
+    metrics = Metrics(loss=loss, accuracy=accuracy, count=len(y), errors=int(len(y) - confusion.diag().sum()),
+                      per_class=rows, **averages(rows), confusion=confusion.tolist())
+    if classes is not None:  # the ten digits' metrics stay as they were
+        if len(classes) != logits.shape[1]:
+            raise MnistCnnError(f"{len(classes)} class names for a model of {logits.shape[1]} classes")
+        for row in rows:
+            row["name"] = classes[row["class"]]
+        metrics.update(classes=list(classes), confusions=top_confusions(confusion, classes),
+                       top_k={f"top{k}": top_k_accuracy(logits, y, k) for k in (3, 5) if k < len(classes)})
+    return metrics
 
 
-def evaluate(model: nn.Module, x: Any, y: Any, batch_size: int | None = None) -> Metrics:
+def evaluate(model: nn.Module, x: Any, y: Any, batch_size: int | None = None,
+             classes: Sequence[str] | None = None) -> Metrics:
     """Like Keras's `evaluate`, plus per-class precision/recall/F1 and the confusion matrix.
 
     `model`: a torch model or a Run; `x`: images in any form `inputs.as_model_input` accepts (uint8 [N, 28, 28]
     as MnistData holds them, floats [N, 1, 28, 28] in [0, 1], NHWC, numpy, PIL, lists); `y`: N integer labels or
-    one-hot rows. Anything else is refused with one line, not scored."""
+    one-hot rows; `classes`: their names (a run's `classes`; None for the digits). Anything else is refused with
+    one line, not scored."""
     model = _model(model)
     x = as_model_input(x, size=getattr(model, "input_size", None))
     y = as_labels(y)
     if len(y) != len(x) or not len(x):
         raise MnistCnnError(f"{len(y)} labels for {len(x)} images: expected as many, and at least one")
     logits = _logits(model, x, batch_size)
-    return metrics_from_logits(logits, as_labels(y, logits.shape[1]))
+    return metrics_from_logits(logits, as_labels(y, logits.shape[1]), classes)
+
+
+MATRIX_CLASSES = 20  # a text confusion matrix wider than this wraps: the most frequent confusions are shown instead
 
 
 def format_metrics(metrics: dict) -> str:
-    """A text report: headline numbers, per-class table, confusion matrix."""
+    """A text report: headline numbers, per-class table, confusion matrix (or, past MATRIX_CLASSES classes, the
+    most frequent confusions)."""
+    top_k = "".join(f"  {k} {v * 100:.2f}%" for k, v in metrics.get("top_k", {}).items())
     lines = [f"test loss {metrics['loss']:.4f}  test accuracy {metrics['accuracy'] * 100:.2f}% "
-             f"({metrics['count'] - metrics['errors']}/{metrics['count']})", "",
+             f"({metrics['count'] - metrics['errors']}/{metrics['count']}){top_k}", "",
              "   class  precision  recall      f1  support"]
-    lines += [f"{r['class']:>8}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}"
-              for r in metrics["per_class"]]
+    lines += [f"{r.get('name', r['class']):>8}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  "
+              f"{r['support']:7d}" for r in metrics["per_class"]]
     lines += [f"{name:>8}  {metrics[name]['precision']:9.4f}  {metrics[name]['recall']:6.4f}  "
               f"{metrics[name]['f1']:6.4f}  {metrics['count']:7d}" for name in ("macro", "weighted") if name in metrics]
     n = len(metrics["confusion"])
-    lines += ["", "confusion matrix (rows: true, columns: predicted)", "      " + "".join(f"{c:>6}" for c in range(n))]
-    lines += [f"{t:>6}" + "".join(f"{v:>6}" for v in row) for t, row in enumerate(metrics["confusion"])]
+    if n > MATRIX_CLASSES and "confusions" in metrics:
+        lines += ["", "most frequent confusions (true -> predicted: count)"]
+        lines += [f"{c['true']:>8} -> {c['predicted']:<8} {c['count']:6d}" for c in metrics["confusions"]]
+        return "\n".join(lines)
+    names = metrics.get("classes") or [str(c) for c in range(n)]
+    lines += ["", "confusion matrix (rows: true, columns: predicted)", "      " + "".join(f"{c:>6}" for c in names)]
+    lines += [f"{t:>6}" + "".join(f"{v:>6}" for v in row) for t, row in zip(names, metrics["confusion"])]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import MnistData
+from .data import MnistData, class_name
 from .display import axes, figure, finish
 from .errors import MnistCnnError
 from .inputs import as_model_input
@@ -128,22 +128,34 @@ def plot_curves(history: Any, path: str | os.PathLike | None = None, *,
     return finish(fig, path)
 
 
+CONFUSION_COUNTS_UP_TO = 30  # classes: beyond, the counts in the cells would be unreadable, the shading says it
+
+
 def plot_confusion(confusion: Sequence[Sequence[int]] | Mapping[str, Any], path: str | os.PathLike | None = None,
-                   *, ax: Axes | None = None) -> Figure:
-    """The [true, predicted] counts (or evaluate's metrics holding them) as a heat map (700 x 620 px)."""
+                   *, classes: Sequence[str] | None = None, ax: Axes | None = None) -> Figure:
+    """The [true, predicted] counts (or evaluate's metrics holding them) as a heat map, the class names (`classes`)
+    as tick labels: 700 x 620 px for ten classes, growing with the class count to 1540 x 1364 px (62 classes),
+    fonts shrinking to fit."""
     counts = np.asarray(confusion["confusion"] if isinstance(confusion, Mapping) else confusion)
     shade = np.log1p(counts)  # a log scale, or the diagonal would wash out every mistake
-    fig, ax = axes(ax, 7, 6.2)
-    ax.imshow(shade, cmap="Blues")
     n = len(counts)
-    for t in range(n):
+    scale = min(max(n / 10, 1.0), 2.2)
+    fig, ax = axes(ax, 7 * scale, 6.2 * scale)
+    ax.imshow(shade, cmap="Blues")
+    cell_font = 8 if n <= 10 else 8 * scale * 10 / n
+    for t in range(n if n <= CONFUSION_COUNTS_UP_TO else 0):
         for p in range(n):
             if counts[t, p]:
                 dark = shade[t, p] > 0.6 * shade.max()
-                ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=8,
+                ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=cell_font,
                         color="white" if dark else "black")
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
            title="Confusion matrix (test set)")
+    if classes is not None:
+        tick_font = min(10.0, 400 / n)
+        long = max(map(len, classes)) > 2  # folder names: written downwards under the columns
+        ax.set_xticklabels(classes, fontsize=tick_font, rotation=90 if long else 0)
+        ax.set_yticklabels(classes, fontsize=tick_font)
     return finish(fig, path)
 
 
@@ -176,7 +188,7 @@ def find_mistakes(probabilities: torch.Tensor, y: torch.Tensor) -> list[dict[str
 
 
 def plot_mistakes(images: torch.Tensor, mistakes: Sequence[dict[str, Any]], path: str | os.PathLike | None = None,
-                  limit: int = 25) -> Figure:
+                  limit: int = 25, classes: Sequence[str] | None = None) -> Figure:
     """The first `limit` mistakes (from `find_mistakes`), 5 per row (1000 x 210 px per row)."""
     shown = list(mistakes)[:limit]
     rows = max(1, math.ceil(len(shown) / MISTAKE_COLUMNS))
@@ -187,7 +199,8 @@ def plot_mistakes(images: torch.Tensor, mistakes: Sequence[dict[str, Any]], path
     if not shown:
         axes[0].text(0, 0.5, "no mistakes on the test set", fontsize=12)
     for ax, m in zip(axes, shown):
-        _show_digit(ax, images[m["index"]], f"true {m['true']} / predicted {m['predicted']} ({m['confidence']:.2f})")
+        true, predicted = class_name(classes, m["true"]), class_name(classes, m["predicted"])
+        _show_digit(ax, images[m["index"]], f"true {true} / predicted {predicted} ({m['confidence']:.2f})")
         ax.set_xlabel(f"test #{m['index']}", fontsize=8)
     return finish(fig, path)
 
@@ -276,7 +289,8 @@ def plot_saliency(model: SpecModel | Any, image: Digit, path: str | os.PathLike 
     ax_overlay.imshow(sal, cmap="hot", alpha=0.6)
     ax_map.set_xticks([])
     ax_map.set_yticks([])
-    ax_probs.bar(range(len(probs)), probs, color=["#c44e52" if c == predicted else "#8c8c8c" for c in range(10)])
+    colours = ["#c44e52" if c == predicted else "#8c8c8c" for c in range(len(probs))]
+    ax_probs.bar(range(len(probs)), probs, color=colours)
     ax_probs.set(xticks=range(len(probs)), ylim=(0, 1), xlabel="class")
     ax_probs.set_title("class probabilities", fontsize=9)
     return finish(fig, path)
@@ -365,7 +379,8 @@ def _digit(index: int | None, image: str | os.PathLike | None, data: MnistData |
     if not 0 <= index < len(data.x_test):
         raise MnistCnnError(f"test index {index} is out of range: the test set has {len(data.x_test)} images "
                             f"(0..{len(data.x_test) - 1})")
-    return data.x_test[index], f"test-{index}", f"test #{index}, label {int(data.y_test[index])}"
+    label = class_name(run.classes, int(data.y_test[index]))
+    return data.x_test[index], f"test-{index}", f"test #{index}, label {label}"
 
 
 def explain(run_dir: str | os.PathLike, index: int | None = None, image: str | os.PathLike | None = None,
@@ -376,7 +391,7 @@ def explain(run_dir: str | os.PathLike, index: int | None = None, image: str | o
     digit, stem, caption = _digit(index, image, data, run)
     out = Path(out_dir) if out_dir is not None else run.path / "explain"
     probs = run.predict_proba(digit)[0]
-    title = f"{caption}: predicted {int(probs.argmax())} ({float(probs.max()):.2f})"
+    title = f"{caption}: predicted {class_name(run.classes, int(probs.argmax()))} ({float(probs.max()):.2f})"
     paths = [out / f"{stem}-saliency.png", out / f"{stem}-edge-filter.png"]
     plot_saliency(run.model, digit, paths[0], title)
     plot_edge_filter(digit, paths[1])

@@ -10,7 +10,8 @@ ONNX (opset 18, input "image", outputs "logits" [N, 10] and "probabilities" [N, 
     x = np.zeros((1, 1, 28, 28), np.float32)          # your images / 255.0
     logits, probabilities = session.run(None, {"image": x})
     digit = probabilities.argmax(1)
-    # the spec, run name and test accuracy are in session.get_modelmeta().custom_metadata_map
+    # the spec, run name and test accuracy are in session.get_modelmeta().custom_metadata_map, and for
+    # named classes (letters, folder names) "classes": a JSON list, the name of each output column
 
 TorchScript (returns the logits; apply softmax for probabilities)::
 
@@ -19,6 +20,7 @@ TorchScript (returns the logits; apply softmax for probabilities)::
     model = torch.jit.load("model.pt", map_location="cpu", _extra_files=extra).eval()
     probabilities = torch.softmax(model(torch.zeros(1, 1, 28, 28)), dim=1)
     spec = json.loads(extra["spec.json"])
+    # named classes: ask for "classes.json" too (a JSON list of names; absent for the ten digits)
 
 safetensors (the weights plus the architecture as JSON in the file's metadata)::
 
@@ -90,6 +92,9 @@ def _resolve(source: Openable) -> tuple[SpecModel | EnsembleModel, dict[str, Any
     meta: dict[str, Any] = {"name": model.name, "spec": model.describe()}
     if opened.path is not None:
         meta.update(run=opened.path.name, test_accuracy=opened.metrics.get("accuracy"))
+    classes = opened.classes
+    if classes:  # the name of each output, for runs whose classes are not the digits
+        meta["classes"] = list(classes)
     return copy.deepcopy(model).cpu().eval(), meta, opened  # a copy: the caller's model keeps its device and mode
 
 
@@ -164,8 +169,9 @@ def _torchscript_bytes(model: SpecModel | EnsembleModel, meta: dict[str, Any]) -
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # an ensemble's shift check sees the fixed 28x28
         traced = torch.jit.trace(model, torch.zeros(2, 1, 28, 28), check_trace=False)
         buf = io.BytesIO()
+        names = {"classes.json": json.dumps(meta["classes"])} if "classes" in meta else {}
         torch.jit.save(traced, buf, _extra_files={"spec.json": json.dumps(meta["spec"]),
-                                                  "meta.json": json.dumps(meta)})
+                                                  "meta.json": json.dumps(meta), **names})
     return buf.getvalue()
 
 

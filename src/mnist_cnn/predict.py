@@ -21,7 +21,7 @@ from .budgets import is_dir
 from .errors import MnistCnnError
 from .evaluation import predict_logits
 from .inputs import InputError, as_model_input
-from .preprocess import ImageError, ImageSource, image_name, is_pil_image, load_image
+from .preprocess import IMAGE_SUFFIXES, ImageError, ImageSource, image_name, is_pil_image, load_image
 from .sources import Openable, open_model
 
 
@@ -34,11 +34,16 @@ def predict_proba(model: nn.Module, x: Any) -> np.ndarray:
     return probabilities
 
 
-def describe(probabilities: np.ndarray, k: int = 3) -> dict[str, Any]:
-    """One image's probabilities -> digit, its probability, the top k, and all ten (as floats)."""
+def describe(probabilities: np.ndarray, k: int = 3, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """One image's probabilities -> digit (the class index), its probability, the top k, and all of them (as
+    floats); with class names (`classes`), each index comes with its `label`."""
     order = np.argsort(-probabilities, kind="stable")[:k]
-    return {"digit": int(order[0]), "probability": float(probabilities[order[0]]),
-            "top3": [{"digit": int(d), "probability": float(probabilities[d])} for d in order],
+
+    def named(d: int) -> dict[str, Any]:
+        return {"digit": int(d), "label": classes[d]} if classes else {"digit": int(d)}
+
+    return {**named(order[0]), "probability": float(probabilities[order[0]]),
+            "top3": [{**named(d), "probability": float(probabilities[d])} for d in order],
             "probabilities": [float(p) for p in probabilities]}
 
 
@@ -46,13 +51,14 @@ def predict_arrays(run: Openable, images: Any) -> list[dict[str, Any]]:
     """Predictions for MNIST-form images (no preprocessing is applied), in any form `inputs.as_model_input` accepts:
     [N, 28, 28], [28, 28], [N, 1, 28, 28] or [N, 28, 28, 1]; integers 0..255 or floats in [0, 1]. For a photo or
     drawing of any size, use predict_files."""
-    model = open_model(run).model
+    opened = open_model(run)
+    model, classes = opened.model, opened.classes
     try:
         x = as_model_input(images, name="images", size=getattr(model, "input_size", None) or (28, 28))
     except InputError as e:
         hint = "; for a photo or drawing of any size, use predict_files" if e.problem == "shape" else ""
         raise InputError(e.problem, f"{e}{hint}") from None
-    return [describe(p) for p in predict_proba(model, x)]
+    return [describe(p, classes=classes) for p in predict_proba(model, x)]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -74,9 +80,6 @@ def _unique_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
-
-
 def image_files(paths: Sequence[ImageSource]) -> list[ImageSource]:
     """The images as given, with each folder replaced by its image files (by suffix, sorted, not its subfolders)."""
     files: list[ImageSource] = []
@@ -95,7 +98,8 @@ def predict_files(run: Openable, paths: ImageSource | Sequence[ImageSource],
                   show_preprocessed_dir: str | os.PathLike | None = None, *, raw: bool = False,
                   skip_unreadable: bool = False) -> list[dict[str, Any]]:
     """Preprocess each image (a file's path, a folder: its image files; encoded bytes; a Pillow image) the MNIST way
-    and predict it. Returns one dict per image: file (its path, or what it is), digit, probability, top3 [{digit, probability}], probabilities (ten), and `preprocessed` (where
+    and predict it. Returns one dict per image: file (its path, or what it is), digit, label (named classes only),
+    probability, top3 [{digit, label, probability}], probabilities, and `preprocessed` (where
     the 28x28 input was written, when `show_preprocessed_dir` is given). `raw`: 28x28 images are fed as they are,
     without the MNIST preparation (see `preprocess.load_image`). A file that is not a usable image raises
     ImageError naming it, or with `skip_unreadable` gives {file, error} and the other files are still predicted."""
@@ -104,7 +108,8 @@ def predict_files(run: Openable, paths: ImageSource | Sequence[ImageSource],
     paths = image_files(paths)
     if not paths:
         raise MnistCnnError("no image files given")
-    model = open_model(run).model
+    opened = open_model(run)
+    model, classes = opened.model, opened.classes
     results, images = [], []
     for path in paths:
         try:
@@ -117,7 +122,7 @@ def predict_files(run: Openable, paths: ImageSource | Sequence[ImageSource],
     readable = [r for r in results if "error" not in r]
     if images:
         for result, prob in zip(readable, predict_proba(model, np.stack(images))):
-            result.update(describe(prob))
+            result.update(describe(prob, classes=classes))
     if show_preprocessed_dir is not None:
         out_dir = Path(show_preprocessed_dir)
         # the images given may live in that folder: their names are taken, so they are never written over
@@ -131,15 +136,17 @@ def predict_files(run: Openable, paths: ImageSource | Sequence[ImageSource],
 
 
 def format_predictions(results: Sequence[dict[str, Any]]) -> str:
-    """Text report, one line per image: `FILE  DIGIT (P%)  top-3: D P%, D P%, D P%` (or `error: ...`)."""
+    """Text report, one line per image: `FILE  DIGIT (P%)  top-3: D P%, D P%, D P%` (or `error: ...`); a class's
+    name where it has one."""
     width = max((len(str(r.get("file", ""))) for r in results), default=0)
     lines = []
     for r in results:
         if "error" in r:  # the message names the file
             lines.append(f"error: {r['error']}")
             continue
-        top = ", ".join(f"{t['digit']} {t['probability'] * 100:.1f}%" for t in r["top3"])
-        line = f"{str(r.get('file', '')):<{width}}  {r['digit']} ({r['probability'] * 100:.1f}%)  top-3: {top}"
+        top = ", ".join(f"{t.get('label', t['digit'])} {t['probability'] * 100:.1f}%" for t in r["top3"])
+        line = (f"{str(r.get('file', '')):<{width}}  {r.get('label', r['digit'])} ({r['probability'] * 100:.1f}%)  "
+                f"top-3: {top}")
         if "preprocessed" in r:
             line += f"  [model input: {r['preprocessed']}]"
         lines.append(line)

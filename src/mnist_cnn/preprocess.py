@@ -33,6 +33,8 @@ MAX_PIXELS = 25_000_000
 WORK_SIDE = 1024
 #: Formats we decode. A closed list keeps Pillow's riskier plugins (EPS runs Ghostscript) away.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+#: The file names taken for images when a folder is given (predict's folders, image-folder data sets).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 
 BOX = 20  # the longer side of the ink box after fitting, as in MNIST
 SIZE = 28  # output side

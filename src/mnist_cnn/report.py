@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .atomic import atomic_write_text
-from .data import MnistData
+from .data import MnistData, class_name
 from .display import html_table as _table
 from .display import png_bytes
 from .errors import MnistCnnError
@@ -115,7 +115,7 @@ def _metrics(run: Run, metrics: dict[str, Any], source: str) -> str:
 
 
 def _per_class(metrics: dict[str, Any]) -> str:
-    rows = [(r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"])
+    rows = [(r.get("name", r["class"]), f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"])
             for r in metrics["per_class"]]
     table = _table(("class", "precision", "recall", "F1", "support"), rows, numeric=(1, 2, 3, 4))
     return f'<div class="columns"><div>{table}</div><div>{_img(plot_per_class(metrics["per_class"]), "per-class accuracy")}</div></div>'
@@ -148,11 +148,12 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, 
     limit = run.config.get("limit_test")
     x, y = data.x_test[:limit], data.y_test[:limit]
     logits = predict_logits(run.model, x)
-    metrics = metrics_from_logits(logits, y)
+    metrics = metrics_from_logits(logits, y, run.classes)
     mistakes = find_mistakes(torch.softmax(logits, 1), y)
     digit = data.x_test[index]
     probs = run.predict_proba(digit)[0]
-    caption = (f"test #{index}, label {int(data.y_test[index])}: predicted {int(probs.argmax())} "
+    caption = (f"test #{index}, label {class_name(run.classes, int(data.y_test[index]))}: predicted "
+               f"{class_name(run.classes, int(probs.argmax()))} "
                f"({float(probs.max()):.2f})")
     has_conv = any(layer.type == "Conv2D" for layer in run.spec.layers)
     no_conv = _note("This model has no Conv2D layer.")
@@ -165,11 +166,11 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, 
                          "numbers are measured at its end.") + _img(plot_curves(run.history), "training curves"))
         if run.history else _note("No training history in this run directory."),
         "confusion": _note("Rows are the true digits, columns what the model said; the diagonal is correct.")
-        + _img(plot_confusion(metrics["confusion"]), "confusion matrix"),
+        + _img(plot_confusion(metrics["confusion"], classes=run.classes), "confusion matrix"),
         "per-class": _note("Recall is the accuracy on the test digits of that class; precision, how often the "
                            "model is right when it says that class.") + _per_class(metrics),
         "mistakes": _note(f"{len(mistakes):,} of {len(y):,} test digits are misclassified; the ones the model was "
-                          "surest about come first.") + _img(plot_mistakes(x, mistakes), "misclassified digits"),
+                          "surest about come first.") + _img(plot_mistakes(x, mistakes, classes=run.classes), "misclassified digits"),
         "filters": (_note("The 3x3 (or larger) kernels the first layer learned: each slides over the digit.")
                     + _img(plot_filters(run.model), "first-layer filters")) if has_conv else no_conv,
         "feature-maps": (_note("What each convolution layer outputs for one digit: every tile is one channel, "

@@ -5,6 +5,7 @@
       spec.json  config.json   the architecture and every training option
       history.json history.csv one row per epoch (loss, accuracy, val_loss, val_accuracy, lr, seconds)
       metrics.json             the test-set evaluation, written once at the end
+      classes.json             {"classes": [names]}: only when the classes are not the ten digits
       checkpoints/ckpt-*.safetensors   model + optimiser + EMA + RNG states + position, newest kept
 """
 
@@ -30,7 +31,7 @@ from safetensors.torch import save as st_save
 
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .budgets import DOCUMENT_BYTES, WEIGHTS_BYTES, describe, exists, is_dir, is_file, read_bytes
-from .data import MnistData, load_mnist
+from .data import MnistData, checked_classes, load_mnist
 from .display import history_table, html_table
 from .errors import MnistCnnError
 from .models import SpecModel, build_model, count_params
@@ -170,6 +171,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights: Path | None = None  # a weights file opened on its own; None: the run directory's model.safetensors
+    classes: tuple[str, ...] | None = None  # the name of each class; None: the digits 0..9
 
     @property
     def source(self) -> Path:
@@ -250,7 +252,28 @@ def load_run(run_dir: str | os.PathLike | Run) -> Run:
     if weights.name != "model.safetensors":  # a weights file on its own: JSON files beside it are not its run's
         return Run(base, load_weights(weights), weights=weights)
     return Run(base, load_weights(weights), checked_config(base / "config.json"),
-               _checked_history(base / "history.json"), read_json(base / "metrics.json", {}))
+               _checked_history(base / "history.json"), read_json(base / "metrics.json", {}),
+               classes=read_classes(base))
+
+
+CLASSES_FILE = "classes.json"
+
+
+def write_classes(run_dir: Path, classes: tuple[str, ...] | None) -> None:
+    """Record the class names in the run (nothing for the ten digits, so MNIST runs stay as they were)."""
+    if classes is not None:
+        atomic_write_json(run_dir / CLASSES_FILE, {"classes": list(classes)})
+
+
+def read_classes(run_dir: Path) -> tuple[str, ...] | None:
+    """The run's class names (None: the digits 0..9)."""
+    path = run_dir / CLASSES_FILE
+    if not exists(path):
+        return None
+    names = read_json(path, {}).get("classes")
+    if not isinstance(names, list):
+        raise MnistCnnError(f'{path}: expected {{"classes": [a name per class]}}')
+    return checked_classes(names, str(path))
 
 
 def checked_config(path: Path, only: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -292,7 +315,7 @@ def run_data(run: Any, path: str | os.PathLike | None = None) -> MnistData:
 
 
 RUN_FILES = ("model.safetensors", "best.safetensors", "metrics.json", "history.json", "history.csv", "config.json",
-             "spec.json")
+             "spec.json", CLASSES_FILE)
 
 
 def is_run_file(run_dir: Path, path: Path) -> bool:
@@ -339,7 +362,7 @@ def _damaged(run_dir: Path) -> list[Path]:
 def has_trained(run_dir: Path) -> bool:
     """Whether any training left a trace in run_dir: a checkpoint (whole or damaged), weights, history."""
     return bool(checkpoint_paths(run_dir) or _damaged(run_dir) or any(
-        (run_dir / name).exists() for name in RUN_FILES if name not in ("config.json", "spec.json")))
+        (run_dir / name).exists() for name in RUN_FILES if name not in ("config.json", "spec.json", CLASSES_FILE)))
 
 
 def latest_checkpoint(run_dir: Path, warn=print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -9,11 +9,13 @@ POST /v1/predict accepts one of:
     28x28 nested list already in MNIST form (white ink on black, centred). "unit" (the default):
     floats in [0, 1], fed to the model as they are; "byte": integers in 0..255, divided by 255.
     Values outside the declared range are refused, not clipped. At most MAX_IMAGES per request.
-The response: {"model": {name, run, params, test_accuracy}, "predictions": [{digit, probability,
-top3, probabilities, image?}]}. Errors: {"error": CODE, "detail": one-line message} with a 4xx (503 `busy`
-when the decode queue is full). The budgets are in serve_limits.py; the deadlines and the connection cap,
-which live below the app, in http_guard.py. `create_app` or, for `uvicorn --factory` and gunicorn,
-`app_from_env` (the run named by MNIST_CNN_RUN) builds the app; `serve` runs it with those guards.
+The response: {"model": {name, run, params, test_accuracy, classes?}, "predictions": [{digit, label?,
+probability, top3, probabilities, image?}]}: `digit` is the class index; a run whose classes are named
+(letters, folder names) adds `label`, the class's name, and the model's `classes`.
+Errors: {"error": CODE, "detail": one-line message} with a 4xx (503 `busy` when the decode queue is full).
+The budgets are in serve_limits.py; the deadlines and the connection cap, which live below the app, in
+http_guard.py. `create_app` or, for `uvicorn --factory` and gunicorn, `app_from_env` (the run named by
+MNIST_CNN_RUN) builds the app; `serve` runs it with those guards.
 
 FastAPI's /docs and /redoc are turned off: they load Swagger/ReDoc from a CDN, and this service
 serves nothing from outside the package. The schema stays at /openapi.json.
@@ -64,11 +66,13 @@ class ApiError(Exception):
 
 class TopK(BaseModel):
     digit: int
+    label: Optional[str] = None
     probability: float
 
 
 class Prediction(BaseModel):
     digit: int
+    label: Optional[str] = None
     probability: float
     top3: list[TopK]
     probabilities: list[float]
@@ -81,6 +85,7 @@ class ModelInfo(BaseModel):
     run: str
     params: int
     test_accuracy: Optional[float] = None
+    classes: Optional[list[str]] = None
 
 
 class PredictResponse(BaseModel):
@@ -177,8 +182,10 @@ def create_app(run: Openable, limits: ServeLimits | None = None, **overrides: An
     limits = ServeLimits.from_env(**overrides) if limits is None else dataclasses.replace(limits, **overrides)
     run = open_model(run)
     model = run.model.cpu().eval()
+    classes = run.classes
     info = ModelInfo(name=run.name, run=run.path.name if run.path is not None else "", params=run.num_params,
-                     test_accuracy=run.metrics.get("accuracy"))
+                     test_accuracy=run.metrics.get("accuracy"), classes=classes)
+    info_json = info.model_dump(exclude=None if classes else {"classes"})  # the digits' answer is as it was
     # One model instance behind a lock rather than micro-batching: one forward of this small CNN
     # takes about a millisecond, so batching would save little while adding a wait to every
     # request; the lock keeps concurrent requests from oversubscribing torch's intra-op threads
@@ -193,7 +200,7 @@ def create_app(run: Openable, limits: ServeLimits | None = None, **overrides: An
     async def predict_images(blobs: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         images = await pool.load_all(blobs)
         probabilities = await run_in_threadpool(infer, as_model_input(images, name="images"))
-        return [{**describe(p), "file": name, "image": img.tolist()}
+        return [{**describe(p, classes=classes), "file": name, "image": img.tolist()}
                 for (name, _), p, img in zip(blobs, probabilities, images)]
 
     app = FastAPI(title="mnist-cnn", version="1", docs_url=None, redoc_url=None,
@@ -233,7 +240,7 @@ def create_app(run: Openable, limits: ServeLimits | None = None, **overrides: An
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model": info.model_dump()}
+        return {"status": "ok", "model": info_json}
 
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True,
               responses={c: {"model": ErrorResponse} for c in (400, 408, 413, 415, 422, 503)},
@@ -261,11 +268,11 @@ def create_app(run: Openable, limits: ServeLimits | None = None, **overrides: An
             except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
                 raise ApiError("bad_json", f"body is not valid JSON ({str(e).splitlines()[0]})") from None
             x = _parse_arrays(payload)
-            predictions = [describe(p) for p in await run_in_threadpool(infer, x)]
+            predictions = [describe(p, classes=classes) for p in await run_in_threadpool(infer, x)]
         else:
             raise ApiError("unsupported_media_type", f"Content-Type {kind or '(none)'!r} not accepted; send "
                            "multipart/form-data (field 'file'), an image/* body, or application/json")
-        return {"model": info.model_dump(), "predictions": predictions}
+        return {"model": info_json, "predictions": predictions}
 
     return app
 

@@ -52,6 +52,9 @@ class ModelSource(Protocol):
     @property
     def source(self) -> Path | None: ...  # what was opened: the directory or the file
 
+    @property
+    def classes(self) -> tuple[str, ...] | None: ...  # the name of each output; None: the digits 0..9
+
     def predict_proba(self, x: Any) -> torch.Tensor: ...
 
 
@@ -64,6 +67,7 @@ class ModuleSource:
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
+    classes: tuple[str, ...] | None = None
 
     @property
     def source(self) -> Path | None:

@@ -118,16 +118,22 @@ MODELS: dict[str, ZooEntry] = {
 }
 
 
-def get_spec(name_or_path: str | Path, **options: Any) -> ModelSpec:
-    """A named architecture (with its options, e.g. kernel_size=3) or a spec file's architecture."""
+def get_spec(name_or_path: str | Path, num_classes: int = 10, **options: Any) -> ModelSpec:
+    """A named architecture (with its options, e.g. kernel_size=3) or a spec file's architecture.
+
+    A named model's last Dense gives `num_classes` scores (its head follows the data); a spec file's stays as
+    written, and training refuses it when it does not match the data."""
     name = str(name_or_path)
     if name in MODELS:
         entry = MODELS[name]
         bad = sorted(set(options) - set(entry.options))
         if bad:
             raise MnistCnnError(f"model {name!r} has no option {bad[0]!r}; options: {sorted(entry.options) or 'none'}")
-        return parse_spec({"name": name, "input_shape": list(entry.input_shape),
-                           "layers": entry.layers(**options)}, name)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise MnistCnnError(f"num_classes={num_classes!r}: expected a whole number of classes, 2 or more")
+        layers = entry.layers(**options)
+        layers[-1] = {**layers[-1], "units": num_classes}  # every entry ends with _classifier()
+        return parse_spec({"name": name, "input_shape": list(entry.input_shape), "layers": layers}, name)
     if Path(name).suffix.lower() in (".toml", ".json", ".yaml", ".yml"):
         if options:
             raise MnistCnnError(f"model options {sorted(options)} apply to named models, not to spec file {name}")

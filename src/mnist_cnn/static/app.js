@@ -1,4 +1,5 @@
-// The drawing page: strokes on a canvas -> PNG -> POST /v1/predict -> digit, ten bars, 28x28 view.
+// The drawing page: strokes on a canvas -> PNG -> POST /v1/predict -> class, one bar per class, 28x28 view.
+// The bars are the ten digits until /healthz names the model's classes (letters, folder names).
 // Served by the package itself; no external scripts, fonts or URLs.
 (function () {
   "use strict";
@@ -18,11 +19,16 @@
   let requestedSeq = 0; // the drawing the latest request asked about
   let clearedSeq = 0; // answers for drawings before the last clear are dropped
 
-  for (let d = 0; d < 10; d++) {
-    const li = document.createElement("li");
-    li.innerHTML = `<span>${d}</span><span class="track"><span class="fill"></span></span><span class="value">–</span>`;
-    bars.appendChild(li);
+  function makeBars(names) {
+    bars.replaceChildren();
+    for (const name of names) {
+      const li = document.createElement("li");
+      li.innerHTML = `<span></span><span class="track"><span class="fill"></span></span><span class="value">–</span>`;
+      li.firstChild.textContent = name; // a folder's name is text, never markup
+      bars.appendChild(li);
+    }
   }
+  makeBars(["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
 
   function clearPad() {
     ctx.fillStyle = "#000";
@@ -100,7 +106,7 @@
   }
 
   function show(p) {
-    digitEl.textContent = String(p.digit);
+    digitEl.textContent = p.label ?? String(p.digit);
     confidenceEl.textContent = `${(p.probability * 100).toFixed(1)}% sure`;
     statusEl.textContent = "";
     p.probabilities.forEach((q, d) => {
@@ -155,6 +161,10 @@
       const m = (await (await fetch("/healthz")).json()).model;
       const acc = m.test_accuracy == null ? "" : `, test accuracy ${(m.test_accuracy * 100).toFixed(2)}%`;
       document.getElementById("model").textContent = `model ${m.name} (${m.params.toLocaleString()} parameters${acc})`;
+      if (m.classes) {
+        makeBars(m.classes);
+        document.querySelector("h1").textContent = `Draw one of ${m.classes.length} classes`;
+      }
     } catch (err) {
       document.getElementById("model").textContent = "model information unavailable";
     }

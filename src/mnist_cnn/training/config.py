@@ -39,7 +39,8 @@ SCHEDULES = ("constant", "exponential", "cosine", "onecycle", "plateau")
 MONITORS = ("val_loss", "val_accuracy")
 PRECISIONS = ("auto", "fp32", "bf16")
 _MODEL_HELP = "a named model (see `mnist-cnn models`) or a .toml/.json/.yaml spec file"
-_DATA_HELP = "a directory of IDX files or a .npz file"
+_DATA_HELP = ("a directory of IDX files or a .npz file, or EMNIST, Kuzushiji, Quick, Draw! and image-folder sets "
+              "(docs/datasets.md)")
 
 
 def _device_name(value: Any) -> bool:
@@ -142,11 +143,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def model_spec(self) -> ModelSpec:
-        """The architecture this config trains."""
+    def model_spec(self, num_classes: int = 10) -> ModelSpec:
+        """The architecture this config trains; a named model's head gives `num_classes` scores (the data's)."""
         if self.spec is not None:
             return parse_spec(self.spec, "config spec")
-        return get_spec(self.model, **self.model_options)
+        return get_spec(self.model, num_classes=num_classes, **self.model_options)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

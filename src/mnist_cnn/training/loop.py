@@ -31,7 +31,7 @@ from ..evaluation import evaluate, loss_and_accuracy, predict_logits
 from ..inputs import to_float
 from ..models import default_memory_format
 from ..rundir import claim
-from ..runs import Run, load_weights, remove_run_files, save_weights, write_history
+from ..runs import Run, load_weights, remove_run_files, save_weights, write_classes, write_history
 from ..spec import ModelSpec, parse_spec
 from .checkpoint import Checkpoint, TrainState, epochs_text, reconcile, resumed_config
 from .config import TrainConfig, make_config, validate
@@ -55,7 +55,11 @@ class Split:
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    num_classes: int
+    classes: tuple[str, ...] | None  # the names of the data's classes; None: the digits 0..9
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else 10
 
 
 def train(config: TrainConfig | None = None, data: MnistData | str | os.PathLike | None = None, *,
@@ -94,7 +98,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     torch.set_num_threads(procs.threads(config.threads))
     say = log if procs.is_main and config.verbose else _quiet
     config, split = _load_data(config, data, device)
-    spec = _spec(config, checkpoint, out)
+    spec = _spec(config, checkpoint, out, split.num_classes)
     if spec.num_classes != split.num_classes:
         raise MnistCnnError(f"model {config.model}: its last layer gives {spec.num_classes} class scores, but the "
                             f"data has {split.num_classes} classes")
@@ -112,6 +116,7 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         make_dir(out, "run directory")
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "spec.json", spec.to_dict())
+        write_classes(out, split.classes)
     say(f"Training {spec.name} on {len(split.x_train)} images ({len(split.x_val)} validation) for "
         f"{epochs_text(config.epochs)}, batch {config.batch_size}, {config.optimizer} lr {state.base_lr:g}, "
         f"{procs.world} process(es) on {device}{', bf16 autocast' if step.bf16 else ''}"
@@ -228,7 +233,7 @@ def _finish(state: TrainState, config: TrainConfig, spec: ModelSpec, split: Spli
             say("Restored the best weights on " + config.monitor)
         if procs.is_main:
             save_weights(out / "model.safetensors", final)
-            metrics = evaluate(final, split.x_test, split.y_test)
+            metrics = evaluate(final, split.x_test, split.y_test, classes=split.classes)
             metrics["epochs_trained"] = len(state.history)
             metrics["train_seconds"] = sum(r["seconds"] for r in state.history)
             atomic_write_json(out / "metrics.json", metrics)
@@ -241,7 +246,7 @@ def _finish(state: TrainState, config: TrainConfig, spec: ModelSpec, split: Spli
     # hand back the model as `load_run` would build it (CPU, its default layout): same predictions, bit for bit
     final.memory_format = default_memory_format(spec)
     final = final.cpu().to(memory_format=final.memory_format).eval()  # type: ignore[call-overload]
-    return Run(out, final, config.to_dict(), state.history, metrics)
+    return Run(out, final, config.to_dict(), state.history, metrics, classes=split.classes)
 
 
 def _config(config: TrainConfig | None, resume: str | Path | None, options: dict[str, Any],
@@ -298,12 +303,14 @@ def _load_data(config: TrainConfig, data: MnistData | None, device: torch.device
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     x_tr = to_float(x_tr).to(device).contiguous(memory_format=memory_format)
     return config, Split(x_tr, y_tr.to(device), x_val, y_val, data.x_test[:config.limit_test],
-                         data.y_test[:config.limit_test], data.num_classes)
+                         data.y_test[:config.limit_test], data.classes)
 
 
-def _spec(config: TrainConfig, checkpoint: Checkpoint | None, out: Path) -> ModelSpec:
+def _spec(config: TrainConfig, checkpoint: Checkpoint | None, out: Path, num_classes: int) -> ModelSpec:
     # a resumed run keeps the architecture its checkpoint holds, whatever its spec file now says (or wherever it is)
-    return parse_spec(checkpoint[1]["spec"], str(out / "checkpoints")) if checkpoint else config.model_spec()
+    if checkpoint:
+        return parse_spec(checkpoint[1]["spec"], str(out / "checkpoints"))
+    return config.model_spec(num_classes)
 
 
 def _quiet(message: str) -> None:

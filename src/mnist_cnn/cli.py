@@ -461,11 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(inverting, cropping, centring): for sets that are not white digits on black")
     p.add_argument("--json", action="store_true", help=_JSON)
 
-    p = sub.add_parser("export", help="export a run's model: onnx, torchscript or safetensors")
+    p = sub.add_parser("export", help="export a run's model: onnx, torchscript, safetensors or keras")
     p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
-    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], help="default: from --out's suffix")
-    p.add_argument("--out", required=True, metavar="FILE", help="the file to write: .onnx, .pt (TorchScript) or "
-                   ".safetensors")
+    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors", "keras"],
+                   help="default: from --out's suffix")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write: .onnx, .pt (TorchScript), "
+                   ".safetensors or .keras (Keras 3)")
     _add_data_option(p)
     p.add_argument("--json", action="store_true", help=_JSON)
 

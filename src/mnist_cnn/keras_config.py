@@ -40,6 +40,7 @@ IGNORED = {"name", "trainable", "dtype", "seed", "synchronized", "fused", "renor
            "beta_regularizer", "gamma_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint",
            "beta_constraint", "gamma_constraint", "batch_input_shape", "input_shape", "axis"}
 ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D", "GlobalAvgPool2D": "GlobalAveragePooling2D"}
+CHANNELS_LAST = ("Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "Flatten")
 CODE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__", "function"}
 MAX_DEPTH = 64  # a config nested deeper than this is not a Keras model's
 
@@ -49,6 +50,18 @@ def snake_case(name: str) -> str:
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def keras_names(classes: list[str]) -> list[str]:
+    """Keras 3's name for each layer of a Sequential model, and its group in model.weights.h5: the class in snake
+    case, numbered from the second of a class on (conv2d, conv2d_1, ...)."""
+    seen: dict[str, int] = {}
+    names = []
+    for cls in classes:
+        base = snake_case(cls)
+        seen[base] = seen.get(base, -1) + 1
+        names.append(base if seen[base] == 0 else f"{base}_{seen[base]}")
+    return names
 
 
 def refuse_code(obj: Any, source: str, depth: int = 0) -> None:
@@ -85,9 +98,10 @@ def _layers_of(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
 
 def _input_shape(config: dict[str, Any], layers: list[dict[str, Any]], source: str) -> list[int]:
     """The input's shape without the batch axis: from the InputLayer, the first layer, or the built model."""
-    first = layers[0].get("config") if layers else None
+    first: Any = layers[0].get("config") if layers else None
     first = first if isinstance(first, dict) else {}
-    inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+    inner: Any = config.get("config")
+    inner = inner if isinstance(inner, dict) else {}
     shape = first.get("batch_shape") or first.get("batch_input_shape") or inner.get("build_input_shape")
     if not isinstance(shape, list) or len(shape) < 2:
         raise MnistCnnError(f"{source}: the model config gives no input shape (an InputLayer or build_input_shape)")
@@ -95,7 +109,8 @@ def _input_shape(config: dict[str, Any], layers: list[dict[str, Any]], source: s
 
 
 def _translate(raw: dict[str, Any], source: str) -> dict[str, Any]:
-    kind = ALIASES.get(raw.get("class_name"), raw.get("class_name"))
+    kind = raw.get("class_name")
+    kind = ALIASES.get(kind, kind) if isinstance(kind, str) else kind
     config = raw.get("config")
     name = config.get("name") if isinstance(config, dict) else None
     where = f"{source}: layer {name!r} ({kind})"
@@ -113,6 +128,8 @@ def _translate(raw: dict[str, Any], source: str) -> dict[str, Any]:
             raise MnistCnnError(f"{where}: dtype {_policy(value)!r} is not supported (only 'float32')")
         elif option not in FIXED and option not in IGNORED:
             raise MnistCnnError(f"{where}: option {option!r} is not supported")
+    if kind in ("MaxPooling2D", "AveragePooling2D") and out.get("strides") == out.get("pool_size"):
+        out["strides"] = None  # Keras writes the pool size for the default; our zoo specs say None
     if not isinstance(out.get("activation", "linear"), str):
         raise MnistCnnError(f"{where}: activation {out['activation']!r} is not supported (a Keras activation name)")
     return out
@@ -172,21 +189,18 @@ def _keras_layer(kind: str, name: str, config: dict[str, Any], input_shape: list
 
 def keras_config(spec: ModelSpec, shapes: list[tuple[int, ...]]) -> tuple[dict[str, Any], list[str]]:
     """A Keras 3 config.json for our spec (`shapes`: infer_shapes' output), and each layer's Keras name."""
-    counts: dict[str, int] = {}
-    names, layers = [], []
+    names = keras_names([layer.type for layer in spec.layers])
+    layers = []
     inputs = [list(spec.input_shape), *map(list, shapes)]
     for i, layer in enumerate(spec.layers):
-        base = snake_case(layer.type)
-        n = counts[base] = counts.get(base, -1) + 1
-        names.append(base if n == 0 else f"{base}_{n}")
         options = {keras: layer.args[ours] for keras, ours in TRANSLATED[layer.type].items()}
         if layer.type in ("MaxPooling2D", "AveragePooling2D") and options["strides"] is None:
             options["strides"] = options["pool_size"]  # Keras writes the pool size for strides=None
-        fixed = {"data_format": "channels_last"} if layer.type in ("Conv2D", "MaxPooling2D", "AveragePooling2D",
-                                                                   "GlobalAveragePooling2D", "Flatten") else {}
+        if layer.type in CHANNELS_LAST:
+            options["data_format"] = "channels_last"
         if layer.type == "BatchNormalization":
-            fixed = {"axis": -1}
-        layers.append(_keras_layer(layer.type, names[-1], {**options, **fixed}, inputs[i]))
+            options["axis"] = -1
+        layers.append(_keras_layer(layer.type, names[i], options, inputs[i]))
     input_layer = {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
                    "config": {"batch_shape": [None, *spec.input_shape], "dtype": "float32", "sparse": False,
                               "name": "input_layer"}}

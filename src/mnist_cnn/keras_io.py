@@ -32,7 +32,7 @@ from torch import nn
 
 from .atomic import atomic_write_bytes
 from .errors import MnistCnnError
-from .keras_config import keras_config, snake_case, spec_from_keras
+from .keras_config import keras_config, keras_names, spec_from_keras
 from .models import BatchNorm, SpecModel, build_model
 from .runs import fill_weights
 from .spec import ModelSpec, infer_shapes
@@ -45,9 +45,9 @@ KERAS_VERSION = "3.15.1"  # the Keras whose .keras layout write_keras mirrors (t
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # Keras dates its zip entries so; the file's bytes then depend on the model only
 
 try:  # h5py is needed only for Keras files; its absence is one line when one is opened
-    import h5py
+    import h5py  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - h5py is a dependency of the keras extra
-    h5py = None
+    h5py = None  # type: ignore[assignment]
 
 
 def is_keras_file(path: str | os.PathLike) -> bool:
@@ -112,7 +112,7 @@ def _read_zip(path: Path, max_bytes: int) -> tuple[ModelSpec, dict[str, torch.Te
         weights = _member(archive, path, "model.weights.h5", max_bytes)
     spec, layers = spec_from_keras(config, path.stem, str(path))
     with h5py.File(io.BytesIO(weights), "r") as h5:
-        groups = [_group(h5, f"layers/{name}/vars", path) for name in _weight_groups([cls for cls, _ in layers])]
+        groups = [_group(h5, f"layers/{name}/vars", path) for name in keras_names([cls for cls, _ in layers])]
         return spec, _state_dict(spec, [_numbered(g) for g in groups], path)
 
 
@@ -125,17 +125,6 @@ def _member(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> byte
     if len(data) > limit:
         raise MnistCnnError(f"{path}: {name} holds more than the limit of {limit:,} bytes")
     return data
-
-
-def _weight_groups(classes: list[str]) -> list[str]:
-    """Keras 3's group for each layer: its class in snake case, numbered from the second of a class on."""
-    seen: dict[str, int] = {}
-    names = []
-    for cls in classes:
-        base = snake_case(cls)
-        seen[base] = seen.get(base, -1) + 1
-        names.append(base if seen[base] == 0 else f"{base}_{seen[base]}")
-    return names
 
 
 def _read_h5(h5: Any, path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:

@@ -123,7 +123,8 @@ def _translate(raw: dict[str, Any], source: str) -> dict[str, Any]:
         if option in TRANSLATED[kind]:
             out[TRANSLATED[kind][option]] = value
         elif option in FIXED and value not in FIXED[option]:
-            raise MnistCnnError(f"{where}: {option} {_pretty(value)} is not supported (only {FIXED[option][0]!r})")
+            only = _pretty(FIXED[option][0])
+            raise MnistCnnError(f"{where}: {option} {_pretty(value)} is not supported (only {only})")
         elif option == "dtype" and value not in ("float32", None) and _policy(value) != "float32":
             raise MnistCnnError(f"{where}: dtype {_policy(value)!r} is not supported (only 'float32')")
         elif option not in FIXED and option not in IGNORED:

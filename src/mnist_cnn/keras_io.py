@@ -34,7 +34,7 @@ from .atomic import atomic_write_bytes
 from .errors import MnistCnnError
 from .keras_config import keras_config, keras_names, spec_from_keras
 from .models import BatchNorm, SpecModel, build_model
-from .runs import fill_weights
+from .runs import Run, fill_weights
 from .spec import ModelSpec, infer_shapes
 
 MAX_BYTES = 512 * 2**20  # a Keras file larger than this is refused before it is opened (ours are under 11 MB)
@@ -85,6 +85,12 @@ def load_keras(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> SpecMo
     """The Keras file's model, built and filled, in eval mode."""
     spec, state = read_keras(path, max_bytes=max_bytes)
     return fill_weights(build_model(spec), state, f"{path}: weights do not fit its architecture")
+
+
+def keras_run(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> Run:
+    """The Keras file as a Run (no config, history or metrics): what the commands that take a run open."""
+    path = Path(path)
+    return Run(path.parent, load_keras(path, max_bytes=max_bytes), weights=path)
 
 
 def _check_size(path: Path, max_bytes: int) -> None:

@@ -11,6 +11,10 @@ Two steps, two environments (Keras is not a dependency of mnist-cnn):
     KERAS_BACKEND=jax /tmp/kerasenv/bin/python benchmarks/keras_roundtrip.py check /tmp/keras-roundtrip
 
 Step 2 writes benchmarks/results/keras-roundtrip.json: per file, the max absolute softmax difference.
+
+The other direction, Keras's files read by us (no Keras needed; the figures in docs/keras.md):
+
+    python benchmarks/keras_roundtrip.py parity benchmarks/results/keras-parity.json
 """
 
 from __future__ import annotations
@@ -26,6 +30,31 @@ import numpy as np
 ZOO = ("keras-basic", "keras-same", "keras-bn", "keras-dropout")
 FIXTURES = Path(os.environ.get("MNIST_CNN_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "fixtures/keras"
 RESULT = Path(__file__).parent / "results" / "keras-roundtrip.json"
+
+
+def parity(out: Path) -> None:
+    """Each fixture read by us: max softmax difference from Keras's own predictions, parameters, test accuracy."""
+    import torch
+
+    from mnist_cnn.data import load_mnist
+    from mnist_cnn.evaluate import evaluate
+    from mnist_cnn.keras_io import load_keras
+    from mnist_cnn.models import count_params
+
+    expected = np.load(FIXTURES / "expected.npz")
+    x = torch.from_numpy(expected["x_test_0_199"]).float().div(255).unsqueeze(1)
+    data = load_mnist(test_only=True)
+    rows = []
+    for path in sorted([*FIXTURES.glob("*.h5"), *FIXTURES.glob("*.keras")]):
+        model = load_keras(path)
+        diff = float(np.abs(model.predict_proba(x).numpy() - expected[path.name.replace(".", "_")]).max())
+        rows.append({"file": path.name, "max_abs_diff": diff, "params": count_params(model.spec)[0],
+                     "test_accuracy": evaluate(model, data.x_test, data.y_test)["accuracy"]})
+        print(f"{path.name:24s} max abs diff {diff:.1e}  params {rows[-1]['params']:>9,}  "
+              f"test accuracy {rows[-1]['test_accuracy']:.4f}")
+    out.write_text(json.dumps({"what": "Keras's files read by mnist-cnn: softmax on MNIST test images 0-199 against "
+                                       "Keras's model.predict (expected.npz); accuracy on all 10,000 test images",
+                               "files": rows}, indent=2) + "\n")
 
 
 def export(out: Path) -> None:
@@ -87,6 +116,7 @@ def check(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("export", "check"):
+    steps = {"export": export, "check": check, "parity": parity}
+    if len(sys.argv) != 3 or sys.argv[1] not in steps:
         sys.exit(__doc__)
-    (export if sys.argv[1] == "export" else check)(Path(sys.argv[2]))
+    steps[sys.argv[1]](Path(sys.argv[2]))

@@ -90,8 +90,9 @@ def test_predicts_what_keras_predicts(name, expected):
 @pytest.mark.parametrize("name", KERAS_FILES)
 def test_summary_shows_keras_parameter_counts(name):
     spec, state = read_keras(FIXTURES / name)
-    total, trainable, fixed = count_params(spec)
+    total, _, fixed = count_params(spec)
     assert total == KERAS_FILES[name] == keras_weight_count(FIXTURES / name)
+    assert sum(t.numel() for k, t in state.items() if not k.endswith("num_batches_tracked")) == total
     assert fixed == (1408 if "bn" in name else 0)  # moving mean + variance: 2 * (32 + 32 + 64 + 64 + 512)
     assert f"Total params: {KERAS_FILES[name]:,}" in summary(spec)
     assert spec.name == Path(name).stem

@@ -76,7 +76,7 @@ def refuse_code(obj: Any, source: str, depth: int = 0) -> None:
         if kind in CODE_CLASSES or "function_type" in obj or (isinstance(kind, str) and ">" in kind):
             raise MnistCnnError(f"{source}: {what} holds Python code; refused, as Keras's safe_mode refuses it "
                                 "(nothing in a model file is executed)")
-        if (isinstance(module, str) and module != "keras" and not module.startswith("keras.")) or \
+        if (isinstance(module, str) and module.split(".")[0] not in ("keras", "tf_keras")) or \
                 (registered is not None and registered != kind):
             raise MnistCnnError(f"{source}: {what} is a custom object (module {module!r}, registered as "
                                 f"{registered!r}); only Keras's own layers are read, and no code is imported")

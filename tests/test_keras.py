@@ -185,6 +185,15 @@ def tiny(tmp_path: Path, *layers: dict, name: str = "tiny.h5") -> Path:
     return keras2_h5(tmp_path / name, list(layers) or [dense()], weights)
 
 
+def test_older_keras2_files_give_the_input_shape_on_their_first_layer(tmp_path):
+    path = tiny(tmp_path, dense(batch_input_shape=[None, 784]))
+    with h5py.File(path, "a") as h5:  # Keras before 2.4 wrote no InputLayer
+        config = json.loads(h5.attrs["model_config"])
+        config["config"]["layers"] = config["config"]["layers"][1:]
+        h5.attrs["model_config"] = json.dumps(config)
+    assert read_keras(path)[0].input_shape == (784,)
+
+
 def test_conv_flatten_dense_follow_keras_layouts(tmp_path):
     """HWIO kernels, NHWC flattening and (in, out) Dense kernels, computed here in numpy the way Keras does."""
     rng = np.random.default_rng(1)

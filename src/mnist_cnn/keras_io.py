@@ -64,6 +64,12 @@ def is_keras_file(path: str | os.PathLike) -> bool:
 
 def read_keras(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """The spec (named after the file) and a state dict for `models.build_model(spec)` of a Keras model file."""
+    model = load_keras(path, max_bytes=max_bytes)
+    return model.spec, model.state_dict()
+
+
+def load_keras(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> SpecModel:
+    """The Keras file's model, built and filled with its weights, in eval mode."""
     path = Path(path)
     _check_size(path, max_bytes)
     if h5py is None:
@@ -79,12 +85,6 @@ def read_keras(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> tuple[
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, zipfile.BadZipFile) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MnistCnnError(f"{path} is damaged or not a Keras model file ({first})") from None
-
-
-def load_keras(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> SpecModel:
-    """The Keras file's model, built and filled, in eval mode."""
-    spec, state = read_keras(path, max_bytes=max_bytes)
-    return fill_weights(build_model(spec), state, f"{path}: weights do not fit its architecture")
 
 
 def keras_run(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> Run:
@@ -112,14 +112,14 @@ def _json(raw: bytes | str, what: str) -> Any:
         raise MnistCnnError(f"{what} is not valid JSON ({str(e)[:80]})") from None
 
 
-def _read_zip(path: Path, max_bytes: int) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+def _read_zip(path: Path, max_bytes: int) -> SpecModel:
     with zipfile.ZipFile(path) as archive:
         config = _json(_member(archive, path, "config.json", MAX_CONFIG_BYTES), f"{path}: config.json")
         weights = _member(archive, path, "model.weights.h5", max_bytes)
     spec, layers = spec_from_keras(config, path.stem, str(path))
     with h5py.File(io.BytesIO(weights), "r") as h5:
         groups = [_group(h5, f"layers/{name}/vars", path) for name in keras_names([cls for cls, _ in layers])]
-        return spec, _state_dict(spec, [_numbered(g) for g in groups], path)
+        return _filled(spec, [_numbered(g) for g in groups], path)
 
 
 def _member(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> bytes:
@@ -133,7 +133,7 @@ def _member(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> byte
     return data
 
 
-def _read_h5(h5: Any, path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+def _read_h5(h5: Any, path: Path) -> SpecModel:
     if "model_config" not in h5.attrs:
         raise MnistCnnError(f"{path} holds no model_config: a weights-only file (save_weights) has no architecture; "
                             "save the whole model with model.save()")
@@ -148,7 +148,7 @@ def _read_h5(h5: Any, path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
         group = _group(root, name, path)
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
         weights.append([_link(group, n, path) for n in names])
-    return spec, _state_dict(spec, weights, path)
+    return _filled(spec, weights, path)
 
 
 def _link(group: Any, name: str, path: Path) -> Any:
@@ -200,8 +200,8 @@ def _slots(model: SpecModel) -> list[list[str]]:
     return slots
 
 
-def _state_dict(spec: ModelSpec, weights: list[list[Any]], path: Path) -> dict[str, torch.Tensor]:
-    """Our state dict from each layer's Keras datasets; every shape is checked before a dataset is read."""
+def _filled(spec: ModelSpec, weights: list[list[Any]], path: Path) -> SpecModel:
+    """Our model with each layer's Keras datasets as its weights; every shape is checked before a dataset is read."""
     model = build_model(spec)
     state = model.state_dict()
     for layer, keys, datasets in zip(spec.layers, _slots(model), weights):
@@ -216,7 +216,7 @@ def _state_dict(spec: ModelSpec, weights: list[list[Any]], path: Path) -> dict[s
             if data.external or data.is_virtual:
                 raise MnistCnnError(f"{where}: weight {data.name} keeps its data outside the file; refused")
             state[key] = _from_keras(data[()])
-    return state
+    return fill_weights(model, state, f"{path}: weights do not fit its architecture")
 
 
 def keras_bytes(model: SpecModel) -> bytes:
@@ -241,9 +241,9 @@ def keras_bytes(model: SpecModel) -> bytes:
     return out.getvalue()
 
 
-def write_keras(model: SpecModel | ModelSpec, path: str | os.PathLike,
+def write_keras(model: nn.Module | ModelSpec, path: str | os.PathLike,
                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a Keras 3 `.keras` file atomically: a built model, or a spec with its state dict."""
+    """Write a Keras 3 `.keras` file atomically: a built model (SpecModel), or a spec with its state dict."""
     if h5py is None:
         raise MnistCnnError("writing Keras files needs h5py: pip install 'mnist-cnn[keras]'")
     if isinstance(model, ModelSpec):

@@ -297,10 +297,30 @@ def test_wrong_structure(tmp_path):
     keras2_h5(tmp_path / "shape.h5", [dense()], {"dense": {"kernel": rng.random((10, 784)), "bias": np.ones(10)}})
     refused(tmp_path / "shape.h5", r"layer Dense: weight /model_weights/dense/dense/kernel:0 should be float "
                                    r"\(784, 10\), got float64 \(10, 784\)")
-    functional = {"class_name": "Functional", "config": {"name": "model", "layers": []}}
-    with h5py.File(tmp_path / "functional.h5", "w") as h5:
-        h5.attrs["model_config"] = json.dumps(functional)
-    refused(tmp_path / "functional.h5", "the model is a 'Functional'; mnist-cnn reads Sequential models")
+    subclassed = {"class_name": "MyModel", "config": {"name": "model", "layers": []}}
+    with h5py.File(tmp_path / "subclassed.h5", "w") as h5:
+        h5.attrs["model_config"] = json.dumps(subclassed)
+    refused(tmp_path / "subclassed.h5", "the model is a 'MyModel'; mnist-cnn reads Sequential models")
+
+
+def test_a_functional_model_is_read_when_it_is_one_chain(tmp_path):
+    """tests/fixtures/keras/functional.* were written by Keras 3 (make_functional.py there) from keras.Model(...)."""
+    here = Path(__file__).parent / "fixtures/keras"
+    with np.load(here / "functional_expected.npz") as f:
+        x, keras_probabilities = torch.from_numpy(f["x"]).float().div(255).unsqueeze(1), f["probabilities"]
+    for name in ("functional.keras", "functional.h5"):
+        assert np.abs(load_keras(here / name).predict_proba(x).numpy() - keras_probabilities).max() <= PARITY
+    branching = [{"class_name": "InputLayer", "config": {"batch_input_shape": [None, 784], "name": "input_1"}},
+                 {**dense("dense_a", 784), "inbound_nodes": [[["input_1", 0, 0, {}]]]},
+                 {"class_name": "Add", "config": {"name": "add"},
+                  "inbound_nodes": [[["input_1", 0, 0, {}], ["dense_a", 0, 0, {}]]]}]
+    config = {"class_name": "Functional", "config": {"name": "model", "layers": branching,
+                                                     "input_layers": [["input_1", 0, 0]],
+                                                     "output_layers": [["add", 0, 0]]}}
+    with h5py.File(tmp_path / "residual.h5", "w") as h5:
+        h5.attrs["model_config"] = json.dumps(config)
+    refused(tmp_path / "residual.h5", r"layer 'add' \(Add\) takes \['input_1', 'dense_a'\], not just the layer "
+                                      r"before it \('dense_a'\); mnist-cnn reads a Functional model that is one chain")
 
 
 def test_code_and_custom_objects_are_refused_as_safe_mode_does(tmp_path):

@@ -40,6 +40,7 @@ IGNORED = {"name", "trainable", "dtype", "seed", "synchronized", "fused", "renor
            "beta_regularizer", "gamma_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint",
            "beta_constraint", "gamma_constraint", "batch_input_shape", "input_shape", "axis"}
 ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D", "GlobalAvgPool2D": "GlobalAveragePooling2D"}
+FUNCTIONAL = ("Functional", "Model")  # Keras 3, Keras 2
 CHANNELS_LAST = ("Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "Flatten")
 CODE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__", "function"}
 MAX_DEPTH = 64  # a config nested deeper than this is not a Keras model's
@@ -86,14 +87,42 @@ def refuse_code(obj: Any, source: str, depth: int = 0) -> None:
 
 def _layers_of(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
     kind = config.get("class_name")
-    if kind != "Sequential":
+    if kind != "Sequential" and kind not in FUNCTIONAL:
         raise MnistCnnError(f"{source}: the model is a {kind!r}; mnist-cnn reads Sequential models (a plain stack "
-                            "of layers, as the Keras tutorials build them)")
+                            "of layers, as the Keras tutorials build them) and Functional ones that are one chain")
     inner = config.get("config")
     layers = inner if isinstance(inner, list) else inner.get("layers") if isinstance(inner, dict) else None
-    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
-        raise MnistCnnError(f"{source}: the Sequential config holds no list of layers")
+    if not isinstance(layers, list) or not layers or not all(isinstance(layer, dict) for layer in layers):
+        raise MnistCnnError(f"{source}: the {kind} config holds no list of layers")
+    if kind in FUNCTIONAL:
+        _check_chain(layers, inner if isinstance(inner, dict) else {}, source)
     return layers
+
+
+def _inputs_of(raw: dict[str, Any]) -> list[Any]:
+    """The names of the layers feeding this one, from Keras 3's or Keras 2's inbound_nodes."""
+    names = []
+    for node in raw.get("inbound_nodes") or []:
+        args = node.get("args", []) if isinstance(node, dict) else node  # Keras 2: [[name, node, tensor, kwargs]]
+        for arg in args:
+            history = arg.get("config", {}).get("keras_history") if isinstance(arg, dict) else arg
+            names.append(history[0] if isinstance(history, list) and history else None)
+    return names
+
+
+def _check_chain(layers: list[dict[str, Any]], inner: dict[str, Any], source: str) -> None:
+    """A Functional model is read when it is a Sequential one in other words: input -> each layer -> output."""
+    names = [raw.get("config", {}).get("name") if isinstance(raw.get("config"), dict) else None for raw in layers]
+    ends = [inner.get(key) or [] for key in ("input_layers", "output_layers")]
+    ends = [[end] if end and isinstance(end[0], str) else end for end in ends]  # Keras 3 writes one as a flat list
+    if layers[0].get("class_name") != "InputLayer" or [[e[0] for e in end] for end in ends] != [names[:1], names[-1:]]:
+        raise MnistCnnError(f"{source}: the Functional model's inputs {ends[0]} and outputs {ends[1]} are not one "
+                            "InputLayer and its last layer; mnist-cnn reads a Functional model that is one chain")
+    for before, raw, name in zip(names, layers[1:], names[1:]):
+        if _inputs_of(raw) != [before]:
+            raise MnistCnnError(f"{source}: layer {name!r} ({raw.get('class_name')}) takes {_inputs_of(raw)}, not "
+                                f"just the layer before it ({before!r}); mnist-cnn reads a Functional model that is "
+                                "one chain of layers")
 
 
 def _input_shape(config: dict[str, Any], layers: list[dict[str, Any]], source: str) -> list[int]:
@@ -155,7 +184,8 @@ def _check_axis(raw: dict[str, Any], rank: int, source: str) -> None:
 
 
 def spec_from_keras(config: Any, name: str, source: str) -> tuple[ModelSpec, list[tuple[str, str]]]:
-    """Our spec for a Keras model config, and each of its layers' Keras class and name (where its weights are)."""
+    """Our spec for a Keras model config, and where each of its layers keeps its weights: its name (the group in an
+    HDF5 file's model_weights) and its group in a .keras file's model.weights.h5 (layers/GROUP/vars)."""
     if not isinstance(config, dict):
         raise MnistCnnError(f"{source}: the model config is not a JSON object")
     refuse_code(config, source)
@@ -169,7 +199,10 @@ def spec_from_keras(config: Any, name: str, source: str) -> tuple[ModelSpec, lis
             _check_axis(raw, len(shapes[-1]), source)
         shapes.append(_shape_after(layers[-1], shapes[-1]))
     spec = parse_spec({"name": name, "input_shape": input_shape, "layers": layers}, source)
-    return spec, [(ALIASES.get(raw["class_name"], raw["class_name"]), raw["config"].get("name")) for raw in body]
+    # a Functional model's InputLayer has a (empty) group of its own, a Sequential model's has none
+    saveable = raw_layers if config.get("class_name") in FUNCTIONAL else body
+    groups = keras_names([ALIASES.get(raw["class_name"], raw["class_name"]) for raw in saveable])
+    return spec, [(raw["config"].get("name"), group) for raw, group in zip(body, groups[len(saveable) - len(body):])]
 
 
 def _shape_after(layer: dict[str, Any], shape: list[int]) -> list[int]:

@@ -32,7 +32,7 @@ from torch import nn
 
 from .atomic import atomic_write_bytes
 from .errors import MnistCnnError
-from .keras_config import keras_config, keras_names, spec_from_keras
+from .keras_config import keras_config, spec_from_keras
 from .models import BatchNorm, SpecModel, build_model
 from .runs import Run, fill_weights
 from .spec import ModelSpec, infer_shapes
@@ -118,7 +118,7 @@ def _read_zip(path: Path, max_bytes: int) -> SpecModel:
         weights = _member(archive, path, "model.weights.h5", max_bytes)
     spec, layers = spec_from_keras(config, path.stem, str(path))
     with h5py.File(io.BytesIO(weights), "r") as h5:
-        groups = [_group(h5, f"layers/{name}/vars", path) for name in keras_names([cls for cls, _ in layers])]
+        groups = [_group(h5, f"layers/{group}/vars", path) for _, group in layers]
         return _filled(spec, [_numbered(g) for g in groups], path)
 
 
@@ -144,7 +144,7 @@ def _read_h5(h5: Any, path: Path) -> SpecModel:
     spec, layers = spec_from_keras(config, path.stem, str(path))
     root = _group(h5, "model_weights", path) if "model_weights" in h5 else h5
     weights = []
-    for _, name in layers:
+    for name, _ in layers:
         group = _group(root, name, path)
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
         weights.append([_link(group, n, path) for n in names])

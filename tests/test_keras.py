@@ -369,3 +369,14 @@ def test_budgets_and_links_outside_the_file(tmp_path):
         del group["kernel:0"]
         group.create_dataset("kernel:0", shape=(784, 10), dtype="float32", external=[(str(raw), 0, 784 * 40)])
     refused(path, "keeps its data outside the file; refused")
+
+    with zipfile.ZipFile(write_keras(build_model("mlp"), tmp_path / "mlp.keras")) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    weights = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(weights, "a") as h5:
+        del h5["layers/dense/vars/0"]
+        h5["layers/dense/vars/0"] = h5py.ExternalLink(str(secret), "kernel")
+    with zipfile.ZipFile(tmp_path / "linked.keras", "w") as z:
+        for name, data in {**members, "model.weights.h5": weights.getvalue()}.items():
+            z.writestr(name, data)
+    refused(tmp_path / "linked.keras", "links outside the file; refused")

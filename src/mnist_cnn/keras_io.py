@@ -119,7 +119,7 @@ def _read_zip(path: Path, max_bytes: int) -> SpecModel:
     spec, layers = spec_from_keras(config, path.stem, str(path))
     with h5py.File(io.BytesIO(weights), "r") as h5:
         groups = [_group(h5, f"layers/{group}/vars", path) for _, group in layers]
-        return _filled(spec, [_numbered(g) for g in groups], path)
+        return _filled(spec, [_numbered(g, path) for g in groups], path)
 
 
 def _member(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> bytes:
@@ -170,9 +170,9 @@ def _group(parent: Any, name: str, path: Path) -> Any:
     return node
 
 
-def _numbered(group: Any) -> list[Any]:
+def _numbered(group: Any, path: Path) -> list[Any]:
     """A Keras 3 `vars` group's datasets, 0, 1, ... in order."""
-    return [group[str(i)] for i in range(len(group))]
+    return [_link(group, str(i), path) for i in range(len(group))]
 
 
 def _to_keras(t: torch.Tensor) -> np.ndarray:

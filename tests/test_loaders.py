@@ -12,15 +12,15 @@ import pytest
 import torch
 from glyphs import SHAPES, drawing, mnist_form
 from images import encode
-from mnist_cnn.evaluation import format_metrics, metrics_from_logits
-from mnist_cnn.training import make_config, train
 
 from mnist_cnn import loaders
 from mnist_cnn.data import MnistData, load_mnist, write_idx
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.evaluation import format_metrics, metrics_from_logits
 from mnist_cnn.loaders import detect_kind, load_data
 from mnist_cnn.predict import format_predictions, predict_files
 from mnist_cnn.runs import load_run
+from mnist_cnn.training import make_config, train
 from mnist_cnn.zoo import MODELS, get_spec
 
 # EMNIST-style: labels count from 1 as in emnist-letters, names from ASCII codes; each glyph's transpose

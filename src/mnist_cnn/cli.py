@@ -72,14 +72,30 @@ def cmd_models(args: argparse.Namespace) -> None:
 @command
 def cmd_summary(args: argparse.Namespace) -> None:
     from .models import count_params, layer_table, summary
-    from .zoo import get_spec
 
-    spec = get_spec(args.model, **_model_options(args))
+    spec = _summary_spec(args.model, _model_options(args))
     if args.json:
         total, trainable, fixed = count_params(spec)
         return _print_json({"name": spec.name, "layers": layer_table(spec), "total": total,
                             "trainable": trainable, "non_trainable": fixed})
     print(summary(spec))
+
+
+def _summary_spec(model: str, options: dict[str, Any]) -> Any:
+    """A named model or spec file (with its options), or the architecture of a run or a Keras file."""
+    from pathlib import Path
+
+    from .zoo import get_spec
+
+    if Path(model).suffix.lower() in (".toml", ".json", ".yaml", ".yml") or not Path(model).exists():
+        return get_spec(model, **options)
+    from .sources import open_model
+
+    opened = open_model(model).model
+    if options or not hasattr(opened, "spec"):
+        raise MnistCnnError(f"{model}: summary shows one model's architecture as it was trained (no model options; "
+                            "an ensemble's members each have theirs)")
+    return opened.spec
 
 
 _PLATEAU = ("lr_factor", "lr_patience", "lr_min_delta", "lr_cooldown", "min_lr")
@@ -290,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the named architectures and their tutorial recipes")
     p.add_argument("--json", action="store_true", help=_JSON)
 
-    p = sub.add_parser("summary", help="print a Keras-style summary of a named model or a spec file")
-    p.add_argument("model", metavar="MODEL_OR_SPEC_FILE", help=_MODEL)
+    p = sub.add_parser("summary", help="print a Keras-style summary of a named model, a spec file, a run or a Keras "
+                                       "file")
+    p.add_argument("model", metavar="MODEL", help=_MODEL + ", a run directory or a Keras .h5/.keras file")
     add_model_options(p)
     p.add_argument("--json", action="store_true", help=_JSON)
 
@@ -343,11 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(inverting, cropping, centring): for sets that are not white digits on black")
     p.add_argument("--json", action="store_true", help=_JSON)
 
-    p = sub.add_parser("export", help="export a run's model: onnx, torchscript or safetensors")
+    p = sub.add_parser("export", help="export a run's model: onnx, torchscript, safetensors or keras")
     p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
-    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], help="default: from --out's suffix")
-    p.add_argument("--out", required=True, metavar="FILE", help="the file to write: .onnx, .pt (TorchScript) or "
-                   ".safetensors")
+    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors", "keras"],
+                   help="default: from --out's suffix")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write: .onnx, .pt (TorchScript), "
+                   ".safetensors or .keras (Keras 3)")
     _add_data_option(p)
     p.add_argument("--json", action="store_true", help=_JSON)
 

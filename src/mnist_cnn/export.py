@@ -1,4 +1,4 @@
-"""Ship a trained model: ONNX, TorchScript or safetensors, each checked against PyTorch.
+"""Ship a trained model: ONNX, TorchScript, safetensors or Keras, each checked against PyTorch.
 
 Every format takes the model's input, float32 [N, 1, 28, 28] in [0, 1] (white ink on black, as
 `mnist_cnn.preprocess` makes it, divided by 255), N free; none needs this package to load.
@@ -59,13 +59,14 @@ from .data import MnistData
 from .ensemble import EnsembleModel
 from .errors import MnistCnnError
 from .inputs import as_model_input
+from .keras_io import load_keras, write_keras
 from .models import SpecModel
 from .runs import ENSEMBLE_FILE, is_run_file, load_weights, run_data, save_weights
 from .sources import ModelSource, Openable, open_model
 
-FORMATS = ("onnx", "torchscript", "safetensors")
+FORMATS = ("onnx", "torchscript", "safetensors", "keras")
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
-            ".safetensors": "safetensors"}
+            ".safetensors": "safetensors", ".keras": "keras"}
 ONNX_OPSET = 18  # the torch.export-based exporter's native opset; onnxruntime >= 1.14 runs it
 
 
@@ -112,7 +113,7 @@ def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
 
 
 def export_model(run_or_model: Openable, fmt: str | None, out_path: str | os.PathLike) -> Path:
-    """Write the model in `fmt` ('onnx', 'torchscript', 'safetensors'; None = from the suffix)
+    """Write the model in `fmt` ('onnx', 'torchscript', 'safetensors', 'keras'; None = from the suffix)
     to `out_path` atomically, and return the path. See the module docstring for loading."""
     out = Path(out_path)
     fmt = format_for(out, fmt)
@@ -124,6 +125,8 @@ def export_model(run_or_model: Openable, fmt: str | None, out_path: str | os.Pat
         where = (f"{run / ENSEMBLE_FILE} already holds it" if run is not None
                  else "mnist_cnn.ensemble.save_ensemble writes it")
         raise MnistCnnError(f"an ensemble's safetensors file is its own: {where}; export it as .onnx or .pt")
+    if fmt == "keras":  # a Keras 3 .keras zip (mnist_cnn.keras_io); keras.saving.load_model opens it
+        return write_keras(model, out)
     if fmt == "safetensors":
         # The run's own weights format (checksummed; spec in metadata), so load_run() reads it back.
         return save_weights(out, model, {k: v for k, v in meta.items() if k != "spec"})
@@ -193,7 +196,7 @@ def run_exported(path: str | os.PathLike, x: Any, fmt: str | None = None) -> np.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location="cpu").eval()
         else:
-            module = load_weights(path)
+            module = load_weights(path) if fmt == "safetensors" else load_keras(path)
         return module(xf).float().numpy()
 
 

@@ -30,6 +30,7 @@ from .ensemble import config_differences, reuse_or_train
 from .errors import MnistCnnError
 from .evaluation import Metrics, evaluate
 from .inputs import as_model_input
+from .keras_io import write_keras
 from .models import SpecModel, build_model, count_params, summary
 from .predict import predict_proba
 from .runs import PICKLE_SUFFIXES, Run, save_weights, write_history
@@ -231,12 +232,15 @@ class Model:
         return predict_proba(self.model, as_model_input(x, size=self.model.input_size))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """A `.safetensors` path: the weights with their spec (one file); any other path: a run directory
+        """A `.safetensors` path: the weights with their spec (one file); `.keras`: a Keras 3 file that Keras opens;
+        any other path: a run directory
         (weights, spec, and the config, history and metrics of the training, if any). Both reopen with load."""
         path = Path(path)
+        if path.suffix.lower() == ".keras":  # Keras 3's format: keras.saving.load_model opens it
+            return write_keras(self.model, path)
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise MnistCnnError(f"{path}: save writes a .safetensors file or a run directory (no pickle, no Keras "
-                                "file)")
+            raise MnistCnnError(f"{path}: save writes a .safetensors file, a Keras 3 .keras file or a run directory "
+                                "(no pickle, and no legacy .h5: use .keras)")
         if path.suffix.lower() == ".safetensors":
             return save_weights(path, self.model)
         save_weights(path / "model.safetensors", self.model)

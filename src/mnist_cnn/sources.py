@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Union, runtime_checkable
 import torch
 from torch import nn
 
-from .budgets import describe, exists, is_dir
+from .budgets import describe, exists, is_dir, is_file
 from .ensemble import EnsembleRun, load_ensemble
 from .errors import MnistCnnError
 from .evaluation import predict_logits
@@ -90,10 +90,14 @@ Openable = Union[ModelSource, nn.Module, str, "os.PathLike[str]"]
 
 
 def _reader(path: Path) -> Callable[[Path], ModelSource]:
-    """Which reader opens a path: the single dispatch point for files and directories.
-    Keras files (.h5, .keras) are routed here when keras_io's reader is wired in."""
+    """Which reader opens a path: the single dispatch point for files and directories."""
     if (is_dir(path) and exists(path / ENSEMBLE_FILE)) or path.name == ENSEMBLE_FILE:
         return load_ensemble
+    if is_file(path):
+        from .keras_io import is_keras_file, keras_run  # h5py: only for what may be a Keras file
+
+        if is_keras_file(path):
+            return keras_run
     return load_run
 
 

@@ -40,10 +40,15 @@ class TrainState:
     waited: int = 0            # epochs since it improved
 
     @classmethod
-    def create(cls, spec: ModelSpec, config: TrainConfig, device: torch.device) -> TrainState:
+    def create(cls, spec: ModelSpec, config: TrainConfig, device: torch.device,
+               start: SpecModel | None = None) -> TrainState:
+        """A fresh state: the seed's initial weights, or those of `start` (a model of `spec`, for fine-tuning)."""
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        torch.manual_seed(config.seed)  # the initial weights
-        model = build_model(spec).to(device, memory_format=memory_format)  # type: ignore[call-overload]
+        torch.manual_seed(config.seed)  # the initial weights (and then the seed's draws stay the same either way)
+        model = build_model(spec)
+        if start is not None:
+            model.load_state_dict(start.state_dict())
+        model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
         model.memory_format = memory_format
         optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
         return cls(model, optimizer, EMA(model, config.ema) if config.ema else None,

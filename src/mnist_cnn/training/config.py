@@ -136,6 +136,11 @@ class TrainConfig:
                               "CUDA graph", switch=True, placement=True)
     checkpoint_every: int | None = option(None, "also checkpoint every N steps", metavar="STEPS",
                                           none_means="at each epoch's end only", checks=[optional(POSITIVE)])
+    init_from: str | None = option(None, "start from the weights of a run, its weights file or a Keras .h5/.keras file "
+                                   "(fine-tuning): the architecture is theirs", metavar="PATH",
+                                   none_means="the seed's initial weights",
+                                   checks=[optional(Check(lambda v: isinstance(v, (str, os.PathLike)),
+                                                          "must be a path"))])
     verbose: int = option(1, cli=False)
     # the architecture itself when it was given in Python (a ModelSpec, a list of layers, a dict): `model` is its name
     spec: dict[str, Any] | None = option(None, cli=False)
@@ -177,10 +182,11 @@ def make_config(model: str | os.PathLike | ModelSpec | list | dict | None = None
     if not isinstance(model, (str, os.PathLike)):
         raise MnistCnnError(f"model must be a name, a spec file's path, a ModelSpec, a list of layers or a spec dict, "
                             f"got {reprlib.repr(model)}")
-    if isinstance(given.get("data"), (str, os.PathLike)):  # the run records where its data is from anywhere
-        from ..data import recorded_path  # torch: only when a data path is given
+    for key in ("data", "init_from"):  # the run records where its data and its start are from anywhere
+        if isinstance(given.get(key), (str, os.PathLike)):
+            from ..data import recorded_path  # torch: only when a path is given
 
-        given["data"] = recorded_path(given["data"])
+            given[key] = recorded_path(given[key])
     values = {**({} if "spec" in given else recipe_for(str(model))), **named, **given}
     for one, other in (("validation_split", "val_size"), ("val_size", "validation_split")):
         if one in given and other not in given:  # the user's way of splitting replaces the recipe's

@@ -29,7 +29,7 @@ from ..data import MnistData, load_mnist, recorded_source, split_validation
 from ..errors import MnistCnnError
 from ..evaluation import evaluate, loss_and_accuracy, predict_logits
 from ..inputs import to_float
-from ..models import default_memory_format
+from ..models import SpecModel, default_memory_format
 from ..rundir import claim
 from ..runs import Run, load_weights, remove_run_files, save_weights, write_classes, write_history
 from ..spec import ModelSpec, parse_spec
@@ -98,11 +98,12 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
     torch.set_num_threads(procs.threads(config.threads))
     say = log if procs.is_main and config.verbose else _quiet
     config, split = _load_data(config, data, device)
+    config, start = _start(config, checkpoint)
     spec = _spec(config, checkpoint, out, split.num_classes)
     if spec.num_classes != split.num_classes:
         raise MnistCnnError(f"model {config.model}: its last layer gives {spec.num_classes} class scores, but the "
                             f"data has {split.num_classes} classes")
-    state = TrainState.create(spec, config, device)
+    state = TrainState.create(spec, config, device, start)
     steps_per_epoch = procs.steps_per_epoch(len(split.x_train), config.batch_size, say)
     if checkpoint is not None:
         state.restore(checkpoint, procs.is_main)
@@ -304,6 +305,22 @@ def _load_data(config: TrainConfig, data: MnistData | None, device: torch.device
     x_tr = to_float(x_tr).to(device).contiguous(memory_format=memory_format)
     return config, Split(x_tr, y_tr.to(device), x_val, y_val, data.x_test[:config.limit_test],
                          data.y_test[:config.limit_test], data.classes)
+
+
+def _start(config: TrainConfig, checkpoint: Checkpoint | None) -> tuple[TrainConfig, SpecModel | None]:
+    """The model `init_from` names, whose architecture the config then trains (None without one, or once a
+    checkpoint holds the weights)."""
+    if config.init_from is None or checkpoint is not None:
+        return config, None
+    from ..sources import open_model  # a run, its weights file or a Keras file: the one way to open a model
+
+    model = open_model(config.init_from).model
+    if not isinstance(model, SpecModel):
+        raise OptionError(f"{{init_from}} {escape(config.init_from)} holds {type(model).__name__}: expected one "
+                          "model (a run, its weights file or a Keras file)")
+    if config.model_options:
+        raise OptionError("{init_from} trains the architecture it holds: give it or model options, not both")
+    return dataclasses.replace(config, model=model.spec.name, spec=model.spec.to_dict()), model
 
 
 def _spec(config: TrainConfig, checkpoint: Checkpoint | None, out: Path, num_classes: int) -> ModelSpec:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .atomic import atomic_write_json, make_dir
 from .augment import Augment, affine_matrices, apply_affine
 from .data import MnistData, load_mnist, recorded_path, split_validation, to_float
+from .documents import read_document
 from .errors import MnistCnnError, TrainingInterrupted
 from .evaluate import evaluate, loss_and_accuracy, predict_logits
 from .models import build_model, default_memory_format
@@ -92,11 +93,11 @@ _FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 _PLACEMENT = ("device", "threads", "cuda_graph")
 
 
-def make_config(model: str | None = None, recipe: str | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults <- the model's tutorial recipe <- the named recipe <- explicit values (None = not given)."""
-    if recipe is not None and recipe not in RECIPES:
-        raise MnistCnnError(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
-    named = dict(RECIPES.get(recipe, {}))
+def make_config(model: str | None = None, recipe: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults <- the model's tutorial recipe <- the named recipe or recipe file <- explicit values (None = not
+    given)."""
+    named = _recipe_values(recipe)
+    recipe = None if recipe is None else str(recipe)
     if model is not None and named.get("model") not in (None, model):  # a recipe is tuned for its own model
         raise MnistCnnError(f"--recipe {recipe} trains {named['model']}; give --recipe or --model {model}, not both")
     model = model or named.pop("model", None) or TrainConfig.model
@@ -117,6 +118,30 @@ def make_config(model: str | None = None, recipe: str | None = None, **overrides
     config = TrainConfig(model=str(model), recipe=recipe, **values)
     validate(config)
     return config
+
+
+RECIPE_FILE_BUDGET = 1 << 20  # bytes: a recipe is a few dozen settings
+
+
+def _recipe_values(recipe: str | os.PathLike | None) -> dict[str, Any]:
+    """A named recipe's settings, or those of a recipe file (.toml/.json/.yaml: any training option but out, e.g.
+    the best_recipe.json that `mnist-cnn tune` writes)."""
+    if recipe is None or str(recipe) in RECIPES:
+        return dict(RECIPES.get(str(recipe), {}))
+    path = Path(recipe)
+    if path.suffix.lower() not in (".toml", ".json", ".yaml", ".yml"):
+        raise MnistCnnError(f"unknown recipe {str(recipe)!r}: expected one of {', '.join(RECIPES)}, or a "
+                            ".toml/.json/.yaml recipe file")
+    if path.is_file() and path.stat().st_size > RECIPE_FILE_BUDGET:
+        raise MnistCnnError(f"{path}: a recipe file of {path.stat().st_size:,} bytes; expected at most "
+                            f"{RECIPE_FILE_BUDGET:,}")
+    values = read_document(path, "recipe")
+    if not isinstance(values, dict):
+        raise MnistCnnError(f"{path}: a recipe must be a table of training options, got {type(values).__name__}")
+    unknown = sorted(set(values) - (_FIELDS - {"recipe", "out"}))
+    if unknown:
+        raise MnistCnnError(f"{path}: {unknown[0]!r} is not a training option a recipe may set")
+    return values
 
 
 def _plain(value: Any) -> Any:
@@ -313,7 +338,8 @@ def _epochs(n: int) -> str:
 
 
 def train(config: TrainConfig | None = None, data: MnistData | None = None, *, resume: str | Path | None = None,
-          overwrite: bool = False, log: Callable[[str], None] = print) -> Run:
+          overwrite: bool = False, log: Callable[[str], None] = print,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Run:
     """Train a model (like Keras's fit), write its run directory, evaluate once on the test set.
 
     A run directory that already holds a run is refused unless `overwrite`, which first removes that run's files.
@@ -321,19 +347,22 @@ def train(config: TrainConfig | None = None, data: MnistData | None = None, *, r
     epochs, and the device, threads and cuda_graph where they are not the defaults.
     Ctrl-C or a scheduler's SIGTERM ends the step first, so the checkpoint it leaves is consistent; one that comes
     during the final evaluation lets it finish.
+    `on_epoch(row)` sees each epoch's history row once it is checkpointed; an exception it raises stops training
+    there and leaves the run resumable (a tuner prunes a poor trial so).
     """
     stop_requested, restore_signals = _stop_between_steps(enabled=int(os.environ.get("WORLD_SIZE", "1")) == 1)
     threads = torch.get_num_threads()
     try:
         with torch.random.fork_rng(devices=[]):  # training seeds torch's generator; the caller's is left as it was
-            return _train(config, data, resume, overwrite, log, stop_requested)
+            return _train(config, data, resume, overwrite, log, stop_requested, on_epoch)
     finally:
         restore_signals()
         torch.set_num_threads(threads)  # and so is the caller's thread count
 
 
 def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Path | None, overwrite: bool,
-           log: Callable[[str], None], stop_requested: list[int]) -> Run:
+           log: Callable[[str], None], stop_requested: list[int],
+           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Run:
     checkpoint: tuple[dict, dict] | None = None
     if resume is not None:
         out = Path(resume)
@@ -593,6 +622,8 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
             if is_main:
                 write_history(out, history)
             checkpoint_now()
+            if on_epoch is not None:
+                on_epoch(dict(row))
             if stop_requested and step < total_steps and not stop:
                 raise _StopRequested
     except (_StopRequested, KeyboardInterrupt) as e:

@@ -44,10 +44,11 @@ def optuna_module() -> Any:
 
 @contextlib.contextmanager
 def quiet_optuna() -> Iterator[None]:
-    """Optuna's per-trial INFO lines off while a study runs (we print our own), as they were afterwards."""
+    """Optuna's log off while a study runs (we print our own lines, and a user's error as one line), as it was
+    afterwards."""
     logger = logging.getLogger("optuna")
     level = logger.level
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR)
     try:
         yield
     finally:

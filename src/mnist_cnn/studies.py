@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,15 +83,20 @@ def open_study(storage: str | None, name: str, *, direction: str, sampler: Any, 
         from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
         sqlite = storage.startswith("sqlite")
-        try:  # a locked SQLite file waits for the other worker instead of failing at once
-            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.x
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                rdb = RDBStorage(_engine_url(storage), heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-                                 engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {})
-        except Exception as e:  # SQLAlchemy's and the drivers' errors: no connection, bad URL, no driver
-            raise MnistCnnError(f"--storage {public_url(storage)}: cannot open it "
-                                f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        for attempt in range(3):
+            try:  # a locked SQLite file waits for the other worker instead of failing at once
+                with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.x
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    rdb = RDBStorage(_engine_url(storage), heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRIES),
+                                     engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {})
+                break
+            except Exception as e:  # SQLAlchemy's and the drivers' errors: no connection, bad URL, no driver
+                if attempt == 2:
+                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise MnistCnnError(f"--storage {public_url(storage)}: cannot open it ({reason})") from None
+                # two workers making a new database's tables at once: one fails, and finds them made a moment later
+                time.sleep(1 + attempt)
     with quiet_optuna():
         return optuna.create_study(storage=rdb, study_name=name, direction=direction, sampler=sampler,
                                    pruner=pruner, load_if_exists=True)

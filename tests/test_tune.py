@@ -224,7 +224,8 @@ def postgres():
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], capture_output=True)
+        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], check=False,
+                       capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -227,12 +227,12 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
         atomic_write_json(out / "results.json", results)  # after every cell: partial results survive
         return row["val_accuracy_mean"] or 0.0  # the grid's cells are compared in the results, not by Optuna
 
-    def all_taken(*_: Any) -> bool:
-        taken = {t.params.get("cell") for t in trials_in(study, "RUNNING", "COMPLETE")}
-        if taken >= set(range(len(grid_cells))):
+    def all_taken() -> bool:
+        return {t.params.get("cell") for t in trials_in(study, "RUNNING", "COMPLETE")} >= set(range(len(grid_cells)))
+
+    def stop_when_all_taken(*_: Any) -> None:  # each worker stops once no cell is left for it
+        if all_taken():
             study.stop()
-            return True
-        return False
 
     started = time.perf_counter()
     with quiet_optuna():
@@ -242,7 +242,7 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
             for i in range(len(grid_cells)):
                 if i not in held:
                     study.enqueue_trial({"cell": i})
-            study.optimize(objective, callbacks=[all_taken])
+            study.optimize(objective, callbacks=[stop_when_all_taken])
     rows = finished()
     results["cells"] = [rows[i] for i in sorted(rows)]
     results["seconds"] = time.perf_counter() - started

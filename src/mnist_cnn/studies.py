@@ -135,7 +135,7 @@ def code_record() -> dict[str, Any]:
         package = None
     try:
         described = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=Path(__file__).parent,
-                                   capture_output=True, text=True, timeout=10)
+                                   capture_output=True, text=True, timeout=10, check=False)
         git = described.stdout.strip() if described.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         git = None

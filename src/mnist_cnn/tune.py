@@ -31,17 +31,29 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .atomic import atomic_write_json, make_dir
 from .data import MnistData, load_mnist
 from .documents import read_document
 from .errors import MnistCnnError, TrainingInterrupted
 from .experiments import _beside, cell_label, make_cell_config, tested_row
-from .studies import (HEARTBEAT_SECONDS, claim_record, code_record, data_record, open_study, optuna_module,
-                      public_url, quiet_optuna, sqlite_url, trials_in, worker_name)
+from .studies import (
+    HEARTBEAT_SECONDS,
+    claim_record,
+    code_record,
+    data_record,
+    open_study,
+    optuna_module,
+    public_url,
+    quiet_optuna,
+    sqlite_url,
+    trials_in,
+    worker_name,
+)
 from .tune_report import format_trials, plot_trials
 
 SEARCH_KEYS = ("name", "description", "objective", "trials", "timeout", "seeds", "prune", "base", "search")
@@ -147,7 +159,9 @@ def _param(name: str, spec: Any, source: str) -> dict[str, Any]:
             raise MnistCnnError(f"{where}: choices must be a non-empty list of numbers, strings or booleans, on its "
                                 f"own, got {spec!r}")
         return {"choices": list(choices)}
-    low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
+    low: Any = spec.get("low")
+    high: Any = spec.get("high")
+    log, step = spec.get("log", False), spec.get("step")
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high))
     if not numbers or not low < high:
         raise MnistCnnError(f"{where} needs numbers low < high, got low={low!r} high={high!r}")

@@ -1,6 +1,7 @@
 """A 20-trial search of the `fast` recipe's neighbourhood, with one and with two workers on one PostgreSQL database.
 
     python benchmarks/tune_fast.py --storage postgresql://postgres@127.0.0.1:5432/postgres
+    python benchmarks/tune_fast.py --storage ... --trials 6 --limit-train 15000   # a smaller one, on a busy machine
 
 Both studies search lr (log), batch size and label smoothing around `fast` (2 epochs, one-cycle, adam), on the
 last 5,000 training images as the validation split, one thread per worker. The hand-tuned `fast` is trained on
@@ -28,6 +29,7 @@ trials = {trials}
 recipe = "fast"
 val_size = 5000
 threads = 1
+{limit}
 [search]
 lr = {{low = 0.005, high = 0.05, log = true}}
 batch_size = {{choices = [128, 256, 512]}}
@@ -35,10 +37,11 @@ label_smoothing = {{low = 0.0, high = 0.2}}
 """
 
 
-def run_study(folder: Path, name: str, storage: str, workers: int, trials: int) -> dict:
+def run_study(folder: Path, name: str, storage: str, workers: int, trials: int, limit_train: int | None) -> dict:
     """Start `workers` copies of the same tune command; the wall time is until the last one exits."""
     search = folder / f"{name}.toml"
-    search.write_text(SEARCH.format(name=name, trials=trials))
+    search.write_text(SEARCH.format(name=name, trials=trials,
+                                    limit=f"limit_train = {limit_train}" if limit_train else ""))
     t0 = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-m", "mnist_cnn", "tune", str(search), "--storage", storage,
                                "--out", str(folder / f"{name}-worker-{k}"), "--json"],
@@ -51,10 +54,11 @@ def run_study(folder: Path, name: str, storage: str, workers: int, trials: int) 
     return {"name": name, "workers": workers, "wall_s": wall, "result": result}
 
 
-def baseline(folder: Path) -> dict:
+def baseline(folder: Path, limit_train: int | None) -> dict:
     out = folder / "fast-baseline"
+    limit = ["--limit-train", str(limit_train)] if limit_train else []
     subprocess.run([sys.executable, "-m", "mnist_cnn", "train", "--recipe", "fast", "--val-size", "5000",
-                    "--threads", "1", "--out", str(out), "--json"], check=True, capture_output=True)
+                    "--threads", "1", *limit, "--out", str(out), "--json"], check=True, capture_output=True)
     history = json.loads((out / "history.json").read_text())
     return {"val_accuracy": history[-1]["val_accuracy"], "run_dir": str(out)}
 
@@ -63,13 +67,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", required=True, help="a PostgreSQL URL both studies are stored in")
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--limit-train", type=int, help="the first N training images (the last 5,000 validate)")
     parser.add_argument("--keep", metavar="DIR", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
     folder = Path(args.keep or tempfile.mkdtemp(prefix="tune-fast-"))
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    hand = baseline(folder)
+    hand = baseline(folder, args.limit_train)
     print(f"fast (hand-tuned): val_accuracy {hand['val_accuracy']:.4f}", flush=True)
-    studies = [run_study(folder, f"fast-{w}w-{stamp}", args.storage, w, args.trials) for w in (1, 2)]
+    studies = [run_study(folder, f"fast-{w}w-{stamp}", args.storage, w, args.trials, args.limit_train)
+               for w in (1, 2)]
     rows, trial_rows = [], []
     for study in studies:
         r = study["result"]

@@ -73,6 +73,7 @@ def test_a_study_on_sqlite_writes_a_recipe_that_train_reproduces(tmp_path, mnist
     study = study_of(result.storage, "small")
     assert study.user_attrs["search"]["objective"] == "val_accuracy"
     assert len(study.user_attrs["data"]["sha256"]) == 64 and study.user_attrs["data"]["train"] == 60000
+    assert study.user_attrs["data_source"] == mnist.source
     assert "version" in study.user_attrs["code"]
     config = study.trials[0].user_attrs["configs"][0]
     assert config["lr"] == study.trials[0].params["lr"] and config["limit_train"] == 600 and config["seed"] == 0

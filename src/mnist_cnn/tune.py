@@ -238,7 +238,10 @@ def tune(search: dict[str, Any] | str | os.PathLike, *, storage: str | None = No
     study = open_study(url, search["name"], direction=OBJECTIVES[search["objective"]], sampler=optuna.samplers.
                        TPESampler(), pruner=pruner, heartbeat=heartbeat)
     claim_record(study, "search", {k: search[k] for k in ("objective", "seeds", "base", "search")}, "search")
-    claim_record(study, "data", data_record(data), "data set")
+    record = data_record(data)  # the same images, wherever each worker keeps them
+    claim_record(study, "data", {k: v for k, v in record.items() if k != "source"}, "data set")
+    if "data_source" not in study.user_attrs:
+        study.set_user_attr("data_source", record["source"])
     if "code" not in study.user_attrs:
         study.set_user_attr("code", code_record())
     started = time.perf_counter()

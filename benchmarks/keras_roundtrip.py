@@ -37,7 +37,7 @@ def parity(out: Path) -> None:
     import torch
 
     from mnist_cnn.data import load_mnist
-    from mnist_cnn.evaluate import evaluate
+    from mnist_cnn.evaluation import evaluate
     from mnist_cnn.keras_io import load_keras
     from mnist_cnn.models import count_params
 

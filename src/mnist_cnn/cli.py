@@ -240,11 +240,25 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
     log = _log_to(sys.stderr if args.json else sys.stdout)
     grid = load_grid(args.grid_file)
-    results = run_grid(grid, seeds=args.seeds, out=args.out, overrides=config_options(args, "experiment"), log=log)
+    results = run_grid(grid, seeds=args.seeds, out=args.out, overrides=config_options(args, "experiment"), log=log,
+                       storage=args.storage)
     if args.json:
         return _print_json(summary_json(results))
     print(results["table"])
     print(f"results: {results['out']}/results.json" + (f", plot: {results['plot']}" if results.get("plot") else ""))
+
+
+@command
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .tune import tune
+
+    log = _log_to(sys.stderr if args.json else sys.stdout)
+    result = tune(args.search_file, storage=args.storage, trials=args.trials, timeout=args.timeout, seeds=args.seeds,
+                  out=args.out, log=log)
+    if args.json:
+        return _print_json(result.to_dict())
+    print(result.table)
+    print(f"trials: {result.out}/trials.json" + (f", plot: {result.plot}" if result.plot else ""))
 
 
 @command
@@ -351,7 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="seeds per cell (default: the grid's, else 3)")
     p.add_argument("--out", help="directory for runs/, results.json and results.png (default experiments/NAME)")
     add_training_flags(p, "experiment")
+    p.add_argument("--storage", metavar="URL", help="an Optuna storage (sqlite:///FILE, postgresql://...) shared by "
+                   "workers running the same command, each taking cells nobody has taken (default: in memory)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+    p = sub.add_parser("tune", help="search training and model options with Optuna on the validation split; the "
+                       "best trial comes out as a recipe file")
+    p.add_argument("search_file", metavar="SEARCH_FILE", help="a .toml/.json/.yaml search: [base] options + [search] "
+                   "ranges {low, high, log} and {choices} (docs/tune.md)")
+    p.add_argument("--storage", metavar="URL", help="the study's storage (default sqlite:///OUT/study.db); "
+                   "postgresql://USER:PASSWORD@HOST/DB lets workers on many machines run one study: start the same "
+                   "command on each")
+    p.add_argument("--trials", type=int, help="the study's trial budget, all workers together (default: the file's)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials here after this long")
+    p.add_argument("--seeds", type=int, help="seeds per trial; its score is their mean (default: the file's, else 1)")
+    p.add_argument("--out", metavar="DIR", help="the study folder: trials/, study.db, best_recipe.json, trials.json, "
+                   "trials.png (default studies/NAME)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
     p = sub.add_parser("predict", help="predict the digit in your own image files (PNG, JPEG, GIF, BMP, ...)")
     p.add_argument("run_dir", metavar="RUN_DIR", help=_RUN_OR_ENSEMBLE)
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders of them")
@@ -383,7 +414,7 @@ _OPTION_FLAGS = {"kernel_size": "--kernel-size N", "filters": "--filters N", "dr
 
 # Counts that every command taking them needs positive: 0 would otherwise mean "not given" or an empty slice,
 # and a negative --limit-test would slice from the end.
-_COUNTS = ("epochs", "limit_train", "limit_test", "threads", "train", "seeds")
+_COUNTS = ("epochs", "limit_train", "limit_test", "threads", "train", "seeds", "trials")
 
 
 def _check_counts(args: argparse.Namespace) -> None:

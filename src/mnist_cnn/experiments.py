@@ -194,9 +194,14 @@ def tested_row(history: list[dict[str, Any]], config: dict[str, Any]) -> dict[st
 
 def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.PathLike | None = None,
              data: MnistData | None = None, overrides: dict[str, Any] | None = None,
-             log: Callable[[str], None] = print) -> GridResults:
-    """Train every cell x seed, write OUT/results.json (+ results.png when matplotlib is there); return it."""
-    from .ensemble import reuse_or_train
+             log: Callable[[str], None] = print, storage: str | None = None) -> GridResults:
+    """Train every cell x seed, write OUT/results.json (+ results.png when matplotlib is there); return it.
+
+    Each cell is a trial of an Optuna study over the grid (queued in file order, a grid sampler behind the queue).
+    In memory by default; with `storage` (an Optuna storage URL) the same call in more processes, on more
+    machines, shares the cells: each worker takes cells nobody has taken, and the last to finish writes the full
+    results."""
+    from .studies import open_study, optuna_module, quiet_optuna, trials_in
 
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise MnistCnnError(f"seeds must be a positive integer, got {seeds!r}")
@@ -208,17 +213,83 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
         if value is not None and name in grid["axes"]:
             raise MnistCnnError(f"--{name.replace('_', '-')} {value} would replace the grid's axis {name!r} "
                                 f"({grid['axes'][name]}) in every cell: drop one of them")
-    loaded: dict[str | None, MnistData] = {}  # each data set once, however many cells use it
     grid_cells = cells(grid)
     results: dict[str, Any] = {"name": grid["name"], "description": grid["description"], "out": str(out),
                                "seeds": seeds, "base": grid["base"], "axes": grid["axes"],
                                "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
                                "cells": []}
+    # one study per grid and settings: a changed grid file starts a new one, and its runs are reused where they match
+    key = json.dumps({k: results[k] for k in ("seeds", "base", "axes", "overrides")}, sort_keys=True, default=str)
+    optuna = optuna_module()
+    study = open_study(storage, f"{grid['name']}-{hashlib.sha256(key.encode()).hexdigest()[:10]}",
+                       direction="maximize", sampler=optuna.samplers.GridSampler({"cell": list(range(len(grid_cells)))},
+                                                                                 seed=0))
+    run_cell = _cell_runner(grid, grid_cells, seeds, out, data, overrides, log)
+
+    def finished() -> dict[int, Any]:
+        return {t.params["cell"]: t.user_attrs["row"] for t in trials_in(study, "COMPLETE")}
+
+    def objective(trial: Any) -> float:
+        i = trial.suggest_categorical("cell", list(range(len(grid_cells))))
+        if any(t.params.get("cell") == i for t in trials_in(study, "RUNNING", "COMPLETE") if t.number != trial.number):
+            raise optuna.TrialPruned()  # another worker took this cell a moment ago: leave it to them
+        row = run_cell(i)
+        trial.set_user_attr("row", row)
+        rows = {**finished(), i: row}
+        results["cells"] = [rows[i] for i in sorted(rows)]
+        atomic_write_json(out / "results.json", results)  # after every cell: partial results survive
+        return row["val_accuracy_mean"] or 0.0  # the grid's cells are compared in the results, not by Optuna
+
+    def all_taken() -> bool:
+        return {t.params.get("cell") for t in trials_in(study, "RUNNING", "COMPLETE")} >= set(range(len(grid_cells)))
+
+    def stop_when_all_taken(*_: Any) -> None:  # each worker stops once no cell is left for it
+        if all_taken():
+            study.stop()
+
     started = time.perf_counter()
-    for i, (cell, folder) in enumerate(zip(grid_cells, cell_folders(grid_cells))):
-        runs = []
+    with quiet_optuna():
+        if not all_taken():
+            # the cells nobody holds join the study's queue in file order; workers pop each queued trial once
+            held = {_cell_of(t) for t in trials_in(study, "WAITING", "RUNNING", "COMPLETE")}
+            for i in range(len(grid_cells)):
+                if i not in held:
+                    study.enqueue_trial({"cell": i})
+            study.optimize(objective, callbacks=[stop_when_all_taken])
+    rows = finished()
+    results["cells"] = [rows[i] for i in sorted(rows)]
+    results["seconds"] = time.perf_counter() - started
+    if len(rows) < len(grid_cells):
+        log(f"{len(grid_cells) - len(rows)} cell(s) still training in other workers: the last to finish writes the "
+            "full results")
+    atomic_write_json(out / "results.json", results)
+    results["table"] = format_table(results)
+    if importlib.util.find_spec("matplotlib") is None:
+        log("matplotlib is not installed: no plot (pip install 'mnist-cnn[plot]')")
+    else:
+        plot_results(results, out / "results.png")
+        results["plot"] = str(out / "results.png")
+    return GridResults(results)
+
+
+def _cell_of(trial: Any) -> int | None:
+    """The grid cell of a trial, also of one still waiting in the queue (its value is fixed, not yet suggested)."""
+    return trial.params.get("cell", trial.system_attrs.get("fixed_params", {}).get("cell"))
+
+
+def _cell_runner(grid: dict[str, Any], grid_cells: list[dict[str, Any]], seeds: int, out: Path,
+                 data: MnistData | None, overrides: dict[str, Any] | None,
+                 log: Callable[[str], None]) -> Callable[[int], dict[str, Any]]:
+    """A function that trains (or reuses) cell i's seeds and returns its row of the results."""
+    from .ensemble import reuse_or_train
+
+    loaded: dict[str | None, MnistData] = {}  # each data set once, however many cells use it
+    folders = cell_folders(grid_cells)
+
+    def run_cell(i: int) -> dict[str, Any]:
+        cell, runs = grid_cells[i], []
         for s in range(seeds):
-            config = make_cell_config(grid, cell, s, str(out / "runs" / folder / f"seed-{s}"), overrides)
+            config = make_cell_config(grid, cell, s, str(out / "runs" / folders[i] / f"seed-{s}"), overrides)
             log(f"[{i + 1}/{len(grid_cells)}] {cell_label(cell)} seed {config.seed}")
             try:
                 if data is None and config.data not in loaded:
@@ -239,17 +310,9 @@ def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.Pa
         for key in ("test_accuracy", "val_accuracy", "train_seconds"):
             values = [r[key] for r in runs if r[key] is not None]
             row[key + "_mean"], row[key + "_std"] = mean_std(values) if values else (None, None)
-        results["cells"].append(row)
-        atomic_write_json(out / "results.json", results)  # after every cell: partial results survive
-    results["seconds"] = time.perf_counter() - started
-    atomic_write_json(out / "results.json", results)
-    results["table"] = format_table(results)
-    if importlib.util.find_spec("matplotlib") is None:
-        log("matplotlib is not installed: no plot (pip install 'mnist-cnn[plot]')")
-    else:
-        plot_results(results, out / "results.png")
-        results["plot"] = str(out / "results.png")
-    return GridResults(results)
+        return row
+
+    return run_cell
 
 
 class GridResults(dict):

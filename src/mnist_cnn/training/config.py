@@ -11,8 +11,10 @@ import numbers
 import os
 import reprlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..documents import read_document
 from ..errors import MnistCnnError
 from ..spec import ModelSpec, parse_spec
 from ..zoo import RECIPES, get_spec, recipe_for
@@ -52,7 +54,8 @@ class TrainConfig:
     """Every training option; named models and recipes fill these, explicit values win."""
 
     model: str = option("keras-basic", _MODEL_HELP, elsewhere={"ensemble": "model of the trained members"})
-    recipe: str | None = option(None, "a named recipe: model + optimiser + schedule + augmentation + epochs",
+    recipe: str | None = option(None, "a named recipe (model + optimiser + schedule + augmentation + epochs), or a "
+                                      "recipe file such as the best_recipe.json of `mnist-cnn tune`",
                                 none_means="the model's own",
                                 elsewhere={"ensemble": "recipe of the trained members (default with --train: best)"})
     model_options: dict[str, Any] = option(factory=dict, compound=("kernel_size", "filters", "no_dropout"))
@@ -160,15 +163,15 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 PLACEMENT = tuple(name for name, f in FIELDS.items() if declaration(f).placement)
 
 
-def make_config(model: str | os.PathLike | ModelSpec | list | dict | None = None, recipe: str | None = None,
-                **overrides: Any) -> TrainConfig:
-    """Defaults <- the model's tutorial recipe <- the named recipe <- explicit values (None = not given).
+def make_config(model: str | os.PathLike | ModelSpec | list | dict | None = None,
+                recipe: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults <- the model's tutorial recipe <- the named recipe or recipe file <- explicit values (None = not
+    given).
 
     `model`: a named model, a spec file's path, or the architecture itself: a ModelSpec, a list of layer dicts
     (the spec file's vocabulary) or a spec dict; the run records it in spec.json and names it by its spec name."""
-    if recipe is not None and recipe not in RECIPES:
-        raise MnistCnnError(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
-    named = dict(RECIPES[recipe]) if recipe else {}
+    named = _recipe_values(recipe)
+    recipe = None if recipe is None else str(recipe)
     given = {k: _plain(v) for k, v in overrides.items() if v is not None}
     if isinstance(model, (ModelSpec, list, dict)):
         raw = {"name": "custom", **model} if isinstance(model, dict) else {"name": "custom", "layers": model}
@@ -197,6 +200,24 @@ def make_config(model: str | os.PathLike | ModelSpec | list | dict | None = None
     config = TrainConfig(model=str(model), recipe=recipe, **values)
     validate(config)
     return config
+
+
+def _recipe_values(recipe: str | os.PathLike | None) -> dict[str, Any]:
+    """A named recipe's settings, or those of a recipe file (.toml/.json/.yaml: any training option but out, e.g.
+    the best_recipe.json that `mnist-cnn tune` writes)."""
+    if recipe is None or str(recipe) in RECIPES:
+        return dict(RECIPES.get(str(recipe), {}))
+    path = Path(recipe)
+    if path.suffix.lower() not in (".toml", ".json", ".yaml", ".yml"):
+        raise OptionError(f"unknown {{recipe}} {escape(repr(str(recipe)))}: expected one of {', '.join(RECIPES)}, "
+                          "or a .toml/.json/.yaml recipe file")
+    values = read_document(path, "recipe")  # within the documents' size budget
+    if not isinstance(values, dict):
+        raise MnistCnnError(f"{path}: a recipe must be a table of training options, got {type(values).__name__}")
+    unknown = sorted(set(values) - (set(FIELDS) - {"recipe", "out"}))
+    if unknown:
+        raise MnistCnnError(f"{path}: {unknown[0]!r} is not a training option a recipe may set")
+    return values
 
 
 def _plain(value: Any) -> Any:

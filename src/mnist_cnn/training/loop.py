@@ -43,6 +43,7 @@ from .signals import StopRequested, StopSignals
 from .step import Step
 
 Log = Callable[[str], None]
+OnEpoch = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class Split:
 
 
 def train(config: TrainConfig | None = None, data: MnistData | str | os.PathLike | None = None, *,
-          resume: str | Path | None = None, overwrite: bool = False, log: Log = print, **options: Any) -> Run:
+          resume: str | Path | None = None, overwrite: bool = False, log: Log = print, on_epoch: OnEpoch | None = None,
+          **options: Any) -> Run:
     """Train a model (like Keras's fit), write its run directory, evaluate once on the test set.
 
     Give a TrainConfig, or make_config's options as keywords (`train(model=..., epochs=3)`); `data` is the data
@@ -73,6 +75,8 @@ def train(config: TrainConfig | None = None, data: MnistData | str | os.PathLike
     `cuda_graph` may change (as keywords, or from `config`: its epochs, and its placement where not the default).
     Ctrl-C or a scheduler's SIGTERM ends the step first, so the checkpoint it leaves is consistent; one that comes
     during the final evaluation lets it finish.
+    `on_epoch(row)` sees each epoch's history row once it is checkpointed; an exception it raises stops training
+    there and leaves the run resumable (a tuner prunes a poor trial so).
     """
     if isinstance(data, (str, os.PathLike)):  # a path: the option, recorded in config.json
         data, options = None, {**options, "data": data}
@@ -82,13 +86,14 @@ def train(config: TrainConfig | None = None, data: MnistData | str | os.PathLike
         # training seeds torch's generator; the caller's is left as it was, and so is its thread count
         # `held` keeps the run folder's lock until the run is written
         with StopSignals(enabled=procs.world == 1) as signals, torch.random.fork_rng(devices=[]), ExitStack() as held:
-            return _train(config, data, resume, overwrite, log, options, procs, signals, held)
+            return _train(config, data, resume, overwrite, log, options, procs, signals, held, on_epoch)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Path | None, overwrite: bool, log: Log,
-           options: dict[str, Any], procs: Processes, signals: StopSignals, held: ExitStack) -> Run:
+           options: dict[str, Any], procs: Processes, signals: StopSignals, held: ExitStack,
+           on_epoch: OnEpoch | None) -> Run:
     config, checkpoint = _config(config, resume, options, log)
     out = _out_dir(config, resume is not None or overwrite)
     device = procs.start(config.device)
@@ -122,13 +127,13 @@ def _train(config: TrainConfig | None, data: MnistData | None, resume: str | Pat
         f"{epochs_text(config.epochs)}, batch {config.batch_size}, {config.optimizer} lr {state.base_lr:g}, "
         f"{procs.world} process(es) on {device}{', bf16 autocast' if step.bf16 else ''}"
         f"{', CUDA graph' if step.graphed else ''}")
-    fit(state, step, split, config, spec, out, steps_per_epoch, signals, say)
+    fit(state, step, split, config, spec, out, steps_per_epoch, signals, say, on_epoch)
     return _finish(state, config, spec, split, out, procs, signals, say)
 
 
 def fit(state: TrainState, step: Step, split: Split, config: TrainConfig, spec: ModelSpec, out: Path,
-        steps_per_epoch: int, signals: StopSignals, say: Log) -> None:
-    """The loop: epochs -> batches -> step -> the epoch's row -> callbacks -> checkpoint."""
+        steps_per_epoch: int, signals: StopSignals, say: Log, on_epoch: OnEpoch | None = None) -> None:
+    """The loop: epochs -> batches -> step -> the epoch's row -> callbacks -> checkpoint -> on_epoch(row)."""
     procs, n, batch = step.procs, len(split.x_train), config.batch_size
     total_steps = steps_per_epoch * config.epochs
     augment = Augment.from_dict(config.augment) if config.augment else None
@@ -162,6 +167,8 @@ def fit(state: TrainState, step: Step, split: Split, config: TrainConfig, spec: 
             if procs.is_main:
                 write_history(out, state.history)
             state.checkpoint(out, config, spec, procs)
+            if on_epoch is not None:  # after the checkpoint: an exception it raises leaves the run resumable
+                on_epoch(dict(row))
             if signals.requested and state.step < total_steps and not stop:
                 raise StopRequested
     except (StopRequested, KeyboardInterrupt) as e:

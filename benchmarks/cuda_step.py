@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_results  # noqa: E402
 
 from mnist_cnn import build_model, get_spec, load_mnist, to_float  # noqa: E402
-from mnist_cnn.training.optim import make_optimizer  # noqa: E402
 from mnist_cnn.training import make_config, train  # noqa: E402
+from mnist_cnn.training.optim import make_optimizer  # noqa: E402
 
 DEV = torch.device("cuda")
 

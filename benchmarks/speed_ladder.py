@@ -63,7 +63,7 @@ def measure(x, y, *, channels_last, bf16, pool_first, optimizer, compile_=False,
         step(i)
     warmup = time.perf_counter() - t0
     times = []
-    for r in range(repeats):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         for i in range(steps):
             step(i)
@@ -170,7 +170,8 @@ def data_ops(x) -> None:
          "us": _best_us(lambda: torch.manual_seed(1))},
         {"op": "seed the step's dropout masks", "way": "torch.default_generator.manual_seed",
          "us": _best_us(lambda: torch.default_generator.manual_seed(1))},
-        {"op": "draw 64 transforms", "way": "affine_matrices per batch", "us": _best_us(lambda: affine_matrices(64, aug, gen))},
+        {"op": "draw 64 transforms", "way": "affine_matrices per batch",
+         "us": _best_us(lambda: affine_matrices(64, aug, gen))},
         {"op": "draw 64 transforms", "way": "1/938 of one draw per epoch",
          "us": _best_us(lambda: affine_matrices(60_000, aug, gen), calls=5) / 938},
         {"op": "64 sampling grids", "way": "F.affine_grid",

@@ -63,7 +63,8 @@ def test_rotation_90_is_counter_clockwise_on_screen():
     assert y.sum().item() == pytest.approx(1.0, abs=1e-4)
     # and a whole image agrees with torch.rot90 (counter-clockwise, like np.rot90)
     z = images(2)
-    torch.testing.assert_close(apply_affine(z, params(2, angle=90)), torch.rot90(z, 1, dims=(-2, -1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(apply_affine(z, params(2, angle=90)), torch.rot90(z, 1, dims=(-2, -1)),
+                               atol=1e-5, rtol=0)
 
 
 def test_shift_moves_content_by_whole_pixels():

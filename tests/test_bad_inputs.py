@@ -31,8 +31,9 @@ from images import png_bomb as bomb_png
 from PIL import Image, ImageDraw
 
 from mnist_cnn.cli import main
-from mnist_cnn.data import IDX_NAMES, write_idx
+from mnist_cnn.data import IDX_NAMES
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.idx import write_idx
 from mnist_cnn.runs import checkpoint_paths
 from mnist_cnn.training import make_config, train
 
@@ -174,11 +175,13 @@ def evaluate_with(data: str, ctx: Ctx) -> list[str]:
 # first two cells of its row.
 CLI_CASES = [
     # data files: `--data DIR` (four IDX files, plain or .gz) or `--data FILE.npz`
-    ("data: IDX", "wrong magic", lambda c: evaluate_with(c.idx_dir(replace(IDX_NAMES["x_test"], b"GIF89a" + bytes(40))), c),
+    ("data: IDX", "wrong magic",
+     lambda c: evaluate_with(c.idx_dir(replace(IDX_NAMES["x_test"], b"GIF89a" + bytes(40))), c),
      "not an IDX file"),
     ("data: IDX", "truncated", lambda c: evaluate_with(c.idx_dir(cut(IDX_NAMES["x_test"], 10)), c), "truncated"),
     ("data: IDX", "header claims 10^9 images", lambda c: evaluate_with(c.idx_dir(replace(
-        IDX_NAMES["x_test"], bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (10**9, 28, 28)) + bytes(84))),
+        IDX_NAMES["x_test"],
+        bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (10**9, 28, 28)) + bytes(84))),
         c), "declares shape (1000000000, 28, 28)"),
     ("data: IDX", "corrupt gzip", lambda c: evaluate_with(c.idx_dir(gzip_corrupt), c), "corrupt gzip data"),
     ("data: IDX", "labels and images differ in count", lambda c: evaluate_with(c.idx_dir(
@@ -187,7 +190,8 @@ CLI_CASES = [
      "label 10 out of range 0..9"),
     ("data: IDX", "images not 28x28", lambda c: evaluate_with(c.idx_dir(x_test=np.zeros((3, 32, 32), np.uint8)), c),
      "expected (N, 28, 28)"),
-    ("data: folder", "a file missing", lambda c: evaluate_with(c.idx_dir(lambda f: (f / IDX_NAMES["y_test"]).unlink()), c),
+    ("data: folder", "a file missing",
+     lambda c: evaluate_with(c.idx_dir(lambda f: (f / IDX_NAMES["y_test"]).unlink()), c),
      "no t10k-labels-idx1-ubyte file"),
     ("data: npz", "missing key", lambda c: evaluate_with(c.npz(x_train=SMALL["x_train"], y_train=SMALL["y_train"]), c),
      "missing arrays x_test, y_test"),
@@ -218,15 +222,16 @@ CLI_CASES = [
     ("spec file", "a key given twice (JSON, YAML)", lambda c: ["summary", c.file("net.json", '{"layers": [{"type": '
      '"Flatten"}, {"type": "Dense", "units": 10, "units": 20}]}')], "key 'units' is given twice in the same object"),
     ("spec file", "bad syntax", lambda c: ["summary", c.file("net.toml", "layers = [ { type = ")], "not valid TOML"),
-    ("spec file", "YAML object tag", lambda c: ["summary", c.file("net.yaml", '!!python/object/apply:os.system ["id"]')],
+    ("spec file", "YAML object tag",
+     lambda c: ["summary", c.file("net.yaml", '!!python/object/apply:os.system ["id"]')],
      "not valid YAML"),
     ("spec file", "YAML alias bomb", lambda c: ["summary", c.file("net.yaml", yaml_alias_bomb())],
      "'name' must be a non-empty string, got [[[...], [...]"),
     ("spec file", "over 100 million parameters", lambda c: ["summary", c.spec(
         [{"type": "Flatten"}, {"type": "Dense", "units": 10**9}, {"type": "Dense", "units": 10}])],
      "layer 1 (Dense): the model would have 785,000,000,000 parameters"),
-    ("spec file", "input not 28x28x1", lambda c: ["summary", c.spec([{"type": "Flatten"}, {"type": "Dense", "units": 10}],
-                                                                    input_shape=[32, 32, 3])],
+    ("spec file", "input not 28x28x1",
+     lambda c: ["summary", c.spec([{"type": "Flatten"}, {"type": "Dense", "units": 10}], input_shape=[32, 32, 3])],
      "'input_shape' must be [28, 28, 1] (an image) or [784] (flat)"),
     ("spec file", "not ending in class scores", lambda c: ["summary", c.spec([{"type": "Conv2D", "filters": 8,
                                                                                 "kernel_size": 3}])],
@@ -236,9 +241,11 @@ CLI_CASES = [
         "--out", str(c.tmp / "out")], "its last layer gives 5 class scores, but the data has 10 classes"),
     ("spec file", "unknown suffix", lambda c: ["summary", c.file("net.txt", "{}")], "unknown model"),
     # command-line values
-    ("CLI value", "`train --epochs 0`", lambda c: ["train", "--epochs", "0"], "--epochs must be a positive integer, got 0"),
+    ("CLI value", "`train --epochs 0`", lambda c: ["train", "--epochs", "0"],
+     "--epochs must be a positive integer, got 0"),
     ("CLI value", "`train --lr nan`", lambda c: ["train", "--lr", "nan"], "--lr must be in (0, 10), got nan"),
-    ("CLI value", "`train --seed -1`", lambda c: ["train", "--seed", "-1"], "--seed must be an integer from 0 to 2**32 - 1"),
+    ("CLI value", "`train --seed -1`", lambda c: ["train", "--seed", "-1"],
+     "--seed must be an integer from 0 to 2**32 - 1"),
     ("CLI value", "`train --validation-split 1.5`", lambda c: ["train", "--validation-split", "1.5"],
      "validation_split=1.5: expected a fraction in [0, 1)"),
     ("CLI value", "`train --model keras-dropout --limit-train 3000` (its recipe holds out 5,000)",
@@ -274,7 +281,8 @@ CLI_CASES = [
     ("CLI value", "`export --out model.zip`", lambda c: ["export", str(c.run), "--out", str(c.tmp / "model.zip")],
      "cannot tell the format of"),
     ("CLI value", "`export RUN --out RUN/model.safetensors` (or any of the run's own files)",
-     lambda c: ["export", str(c.run), "--out", str(c.run / "model.safetensors")], "one of the exported run's own files"),
+     lambda c: ["export", str(c.run), "--out", str(c.run / "model.safetensors")],
+     "one of the exported run's own files"),
     ("CLI value", "`report RUN --out RUN/model.safetensors` (or any of the run's own files)",
      lambda c: ["report", str(c.run), "--out", str(c.run / "model.safetensors")], "is one of the run's own files"),
     ("CLI value", "`predict --show-preprocessed` under a file", lambda c: [
@@ -294,7 +302,8 @@ CLI_CASES = [
      "--epochs is for the members that --train N trains"),
     ("CLI value", "`experiment --seeds 0`", lambda c: ["experiment", c.file("grid.toml", "[axes]\nlr = [1e-3]\n"),
                                                        "--seeds", "0"], "--seeds must be a positive integer, got 0"),
-    ("CLI value", "`summary keras-dropout --kernel-size 40`", lambda c: ["summary", "keras-dropout", "--kernel-size", "40"],
+    ("CLI value", "`summary keras-dropout --kernel-size 40`",
+     lambda c: ["summary", "keras-dropout", "--kernel-size", "40"],
      "layer 1 (Conv2D): kernel 40x40 is larger than its input 28x28"),
     ("CLI value", "not a number (`--epochs x`)", lambda c: ["train", "--epochs", "x"], "usage:"),
     # images: `predict RUN IMAGE...`, `explain RUN --image IMAGE`
@@ -327,9 +336,11 @@ CLI_CASES = [
         "history.json", b'[{"epoch": 1}]'))], "history.json: row 0 should hold an integer epoch and numbers"),
     ("weights file", "pickled `.pt` that runs code", lambda c: ["evaluate", c.file(
         "model.pt", pickle.dumps(Malicious(c.tmp / MARKER)))], "refusing to load a PyTorch/pickle file"),
-    ("weights file", "`torch.save` state dict (`.pth`)", lambda c: ["predict", torch_saved(c), c.file("1.png", digit_png())],
+    ("weights file", "`torch.save` state dict (`.pth`)",
+     lambda c: ["predict", torch_saved(c), c.file("1.png", digit_png())],
      "refusing to load a PyTorch/pickle file"),
-    ("weights file", "a pickle renamed `model.safetensors`", lambda c: ["serve", c.run_copy(pickle_as_model), "--port", "0"],
+    ("weights file", "a pickle renamed `model.safetensors`",
+     lambda c: ["serve", c.run_copy(pickle_as_model), "--port", "0"],
      "refusing to load a PyTorch/pickle file"),
     ("`--resume`", "not a run", lambda c: ["train", "--resume", str(c.tmp)], "no config.json there"),
     ("`--resume`", "no checkpoints, but a model", lambda c: ["train", "--resume", c.run_copy(
@@ -496,7 +507,8 @@ def test_nothing_in_the_package_unpickles():
         for call in re.findall(r"torch\.load\([^)]*\)", code):
             assert "weights_only=True" in call, f"{path.name}: {call}"
         assert not re.search(r"allow_pickle\s*=\s*True", code), path.name
-        assert not re.search(r"^\s*(import|from)\s+(pickle|cPickle|dill|marshal|shelve|joblib)\b", code, re.MULTILINE), path.name
+        assert not re.search(r"^\s*(import|from)\s+(pickle|cPickle|dill|marshal|shelve|joblib)\b", code,
+                             re.MULTILINE), path.name
         assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(", code), path.name
         if "torch.jit.load(" in code:
             assert path.name == "export.py", path.name

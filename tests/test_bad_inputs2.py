@@ -122,7 +122,7 @@ def test_a_gzipped_idx_is_refused_from_its_declared_shape(tmp_path, monkeypatch)
     monkeypatch.setenv("MNIST_CNN_MAX_DATA_BYTES", "1000000")
     path = tmp_path / "bomb-idx3-ubyte.gz"  # 2 MB of zeros in a few KB
     path.write_bytes(gzip.compress(struct.pack(">BBBBIII", 0, 0, 8, 3, 2551, 28, 28) + bytes(2551 * 784)))
-    from mnist_cnn.data import read_idx
+    from mnist_cnn.idx import read_idx
     with pytest.raises(MnistCnnError, match=r"the header's shape \(2551, 28, 28\): 1,999,984 bytes is over the limit "
                                             r"of 1,000,000 bytes \(set MNIST_CNN_MAX_DATA_BYTES"):
         read_idx(path)
@@ -240,5 +240,6 @@ def test_nan_outputs_are_an_error_not_null_probabilities():
 def test_every_case_here_is_a_row_of_the_docs_table():
     rows = [line for line in DOC.read_text().splitlines() if line.startswith("| `test_")]
     named = {line.split("`")[1] for line in rows}
-    here = {name for name in globals() if name.startswith("test_")} - {"test_every_case_here_is_a_row_of_the_docs_table"}
+    here = ({name for name in globals() if name.startswith("test_")}
+            - {"test_every_case_here_is_a_row_of_the_docs_table"})
     assert named == here

@@ -144,7 +144,7 @@ def test_every_public_name_is_there_on_first_use():
     assert all(getattr(mnist_cnn, name) is not None for name in mnist_cnn.__all__)
     assert set(mnist_cnn.__all__) <= set(dir(mnist_cnn))
     with pytest.raises(AttributeError, match="module 'mnist_cnn' has no attribute 'trian'"):
-        mnist_cnn.trian
+        _ = mnist_cnn.trian
     done = subprocess.run([sys.executable, "-c", "import mnist_cnn; print(mnist_cnn.runs.load_weights.__name__)"],
                           capture_output=True, text=True, timeout=120)  # submodules too, in a fresh process
     assert done.stdout.split() == ["load_weights"], done.stderr
@@ -219,7 +219,8 @@ def test_a_run_remembers_its_data_and_says_when_it_has_moved(capsys, tmp_path, m
 
 def test_evaluate_and_export_take_a_test_set_alone(capsys, tmp_path, trained_run, mnist):
     # a folder with only the two t10k files: all that testing a trained model needs
-    from mnist_cnn.data import IDX_NAMES, write_idx
+    from mnist_cnn.data import IDX_NAMES
+    from mnist_cnn.idx import write_idx
 
     for key in ("x_test", "y_test"):
         write_idx(tmp_path / "t10k" / IDX_NAMES[key], getattr(mnist, key)[:600].byte().numpy())

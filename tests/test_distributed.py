@@ -96,7 +96,8 @@ def test_torchrun_stopped_by_sigterm_resumes_where_an_uninterrupted_run_ends(tmp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming" in resumed.stdout
     full_history = json.loads((tmp_path / "full" / "history.json").read_text())
-    assert test_resume.untimed(json.loads((tmp_path / "victim" / "history.json").read_text())) == test_resume.untimed(full_history)
+    victim_history = json.loads((tmp_path / "victim" / "history.json").read_text())
+    assert test_resume.untimed(victim_history) == test_resume.untimed(full_history)
     a, _ = load_tensors(tmp_path / "full" / "model.safetensors")
     b, _ = load_tensors(tmp_path / "victim" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"

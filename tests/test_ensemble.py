@@ -194,7 +194,8 @@ def test_cli_ensemble_refuses_runs_of_different_data_and_records_the_members_dat
     other = tmp_path / "other"
     assert main(["train", "--data", str(tmp_path / "small.npz"), "--epochs", "1", "--out", str(other)]) == 0
     assert main(["ensemble", str(runs[0].path), str(other), "--out", str(tmp_path / "mixed")]) == 2
-    assert f"the runs were trained on different data ({tmp_path / 'small.npz'}, the bundled MNIST)" in capsys.readouterr().err
+    assert (f"the runs were trained on different data ({tmp_path / 'small.npz'}, the bundled MNIST)"
+            in capsys.readouterr().err)
     # a member trained beside a given run takes that run's data, and says so in its config
     assert main(["ensemble", str(other), "--train", "1", "--model", "keras-basic", "--epochs", "1",
                  "--out", str(tmp_path / "ens")]) == 0

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnist_cnn.data import IDX_NAMES, read_idx, read_npz, write_idx
+from mnist_cnn.data import IDX_NAMES, read_npz
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.idx import read_idx, write_idx
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 IDX_TYPE_CODES = [0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E]

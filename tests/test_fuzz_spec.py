@@ -121,7 +121,8 @@ def _keras_params(spec: ModelSpec, shapes: list[tuple[int, ...]]) -> int:
     for layer, shape in zip(spec.layers, shapes):
         a = layer.args
         if layer.type == "Conv2D":
-            total += a["kernel_size"][0] * a["kernel_size"][1] * previous[2] * a["filters"] + a["filters"] * a["use_bias"]
+            total += (a["kernel_size"][0] * a["kernel_size"][1] * previous[2] * a["filters"]
+                      + a["filters"] * a["use_bias"])
         elif layer.type == "Dense":
             total += previous[0] * a["units"] + a["units"] * a["use_bias"]
         elif layer.type == "BatchNormalization":
@@ -204,7 +205,8 @@ def test_huge_specs_are_refused_from_their_shapes_before_allocating(layers, mess
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     """Nine aliases of nine aliases...: 9^9 strings in a few hundred bytes; the message must not spell them out."""
-    lines, previous = ["layers:", "  - {type: Flatten}", "  - {type: Dense, units: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]}"], "a"
+    lines = ["layers:", "  - {type: Flatten}", "  - {type: Dense, units: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]}"]
+    previous = "a"
     for name in "bcdefgh":
         lines.append(f"  - {{type: Dropout, rate: &{name} [{', '.join(['*' + previous] * 9)}]}}")
         previous = name
@@ -218,4 +220,5 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        assert peak < 16 * 2**20 and len(str(info.value)) < 1000  # the 9^9 strings were never built
+        # the 9^9 strings (billions of bytes) were never built; the peak also counts modules imported on first use
+        assert peak < 64 * 2**20 and len(str(info.value)) < 1000

@@ -417,7 +417,8 @@ def test_train_init_from_a_keras_file_fine_tunes_its_weights(mnist, tmp_path):
     assert start > 0.9 and tuned.metrics["accuracy"] > 0.9 > scratch.metrics["accuracy"]  # measured 0.933, 0.94, 0.53
     assert json.loads((tuned.path / "config.json").read_text())["init_from"] == str(path)
     with pytest.raises(MnistCnnError, match="init_from trains the architecture it holds"):
-        train(init_from=path, model_options={"kernel_size": 3}, limit_train=100, epochs=1, out=tmp_path / "options", verbose=0)
+        train(init_from=path, model_options={"kernel_size": 3}, limit_train=100, epochs=1, out=tmp_path / "options",
+              verbose=0)
 
 
 def test_a_notebook_model_saves_as_keras(tmp_path):

@@ -14,9 +14,10 @@ from glyphs import SHAPES, drawing, mnist_form
 from images import encode
 
 from mnist_cnn import loaders
-from mnist_cnn.data import MnistData, load_mnist, write_idx
+from mnist_cnn.data import MnistData, load_mnist
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.evaluation import format_metrics, metrics_from_logits
+from mnist_cnn.idx import write_idx
 from mnist_cnn.loaders import detect_kind, load_data
 from mnist_cnn.predict import format_predictions, predict_files
 from mnist_cnn.runs import load_run

@@ -56,7 +56,8 @@ def test_health_page_and_schema(client, trained_run):
         assert body.status_code == 200 and "http://" not in body.text and "https://" not in body.text
     assert "http" not in page.text  # no external URL anywhere on the page
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]) >= {"multipart/form-data", "application/json"}
+    assert set(schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]) >= {
+        "multipart/form-data", "application/json"}
     assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN: off
 
 

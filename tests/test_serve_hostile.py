@@ -42,8 +42,9 @@ def server(trained_run, tmp_path_factory):
         port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("serve-hostile") / "server.log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "serve", str(trained_run.path), "--port", str(port)],
-                                stdout=err, stderr=err, env={**os.environ, **LIMITS})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mnist_cnn", "serve", str(trained_run.path), "--port", str(port)],
+            stdout=err, stderr=err, env={**os.environ, **LIMITS})
     try:
         deadline = time.monotonic() + 120
         while not healthy(port):

@@ -139,7 +139,8 @@ def test_python_values_a_notebook_has_are_taken_and_its_state_is_left_alone(mnis
     torch.manual_seed(123)
     run = train(config, mnist)
     assert json.loads((run.path / "config.json").read_text())["out"] == str(tmp_path / "as-path")
-    assert torch.get_num_threads() == 1 and torch.equal(torch.rand(3), expected)  # threads and random state as they were
+    # threads and random state as they were
+    assert torch.get_num_threads() == 1 and torch.equal(torch.rand(3), expected)
     torch.set_num_threads(2)
 
 

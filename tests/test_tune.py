@@ -106,7 +106,6 @@ def test_the_tune_command_prints_the_table(tmp_path, capsys):
 
 def test_a_poor_trial_is_pruned_from_its_epoch_scores(tmp_path, mnist):
     from mnist_cnn.training import make_config, train
-
     from mnist_cnn.tune import _pruning
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))

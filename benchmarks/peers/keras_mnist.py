@@ -4,8 +4,10 @@
 The caller picks the backend with KERAS_BACKEND (tensorflow or jax) and runs this file with the
 matching venv from benchmarks/peers/.venvs/ (see setup.sh / README.md):
 
-    KERAS_BACKEND=tensorflow benchmarks/peers/.venvs/keras-tf/bin/python  benchmarks/peers/keras_mnist.py --model keras-basic --epochs 3 --json-out out.json
-    KERAS_BACKEND=jax        benchmarks/peers/.venvs/keras-jax/bin/python benchmarks/peers/keras_mnist.py --model keras-bn    --epochs 3 --json-out out.json
+    KERAS_BACKEND=tensorflow benchmarks/peers/.venvs/keras-tf/bin/python  benchmarks/peers/keras_mnist.py \\
+        --model keras-basic --epochs 3 --json-out out.json
+    KERAS_BACKEND=jax        benchmarks/peers/.venvs/keras-jax/bin/python benchmarks/peers/keras_mnist.py \\
+        --model keras-bn    --epochs 3 --json-out out.json
 
 Models, written the way the Keras tutorials write them:
   keras-basic  Conv2D(32,3,relu) MaxPool(2) Conv2D(64,3,relu) MaxPool(2) Conv2D(64,3,relu) Flatten
@@ -38,7 +40,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
-
 from mnist_idx import default_data_dir, load_mnist, report, summarise_epochs  # noqa: E402
 
 EXPECTED_PARAMS = {"keras-basic": 93_322, "keras-bn": 597_738}
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
     import keras
 
     backend = keras.backend.backend()
-    backend_pkg = {"tensorflow": ["tensorflow-cpu", "tensorflow"], "jax": ["jax"], "torch": ["torch"]}.get(backend, [backend])
+    backend_pkg = {"tensorflow": ["tensorflow-cpu", "tensorflow"], "jax": ["jax"], "torch": ["torch"]}.get(
+        backend, [backend])
     backend_version = None
     for pkg in backend_pkg:
         try:
@@ -173,7 +175,8 @@ def main(argv=None) -> int:
     augment = args.augment if args.model == "keras-bn" else "none"
     model = build_model(keras, args.model, augment)
     params = int(model.count_params())
-    assert params == EXPECTED_PARAMS[args.model], f"{args.model}: {params} params, expected {EXPECTED_PARAMS[args.model]}"
+    assert params == EXPECTED_PARAMS[args.model], (
+        f"{args.model}: {params} params, expected {EXPECTED_PARAMS[args.model]}")
     batch = args.batch_size or DEFAULT_BATCH[args.model]
 
     class EpochTimer(keras.callbacks.Callback):

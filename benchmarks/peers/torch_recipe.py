@@ -3,7 +3,8 @@
 
 Run with the torch venv from benchmarks/peers/.venvs/ (see setup.sh / README.md):
 
-    benchmarks/peers/.venvs/torch/bin/python benchmarks/peers/torch_recipe.py --model keras-basic --epochs 3 --json-out out.json
+    benchmarks/peers/.venvs/torch/bin/python benchmarks/peers/torch_recipe.py \\
+        --model keras-basic --epochs 3 --json-out out.json
 
 What makes it "the usual recipe" (and what our package is compared against):
   * a torch.utils.data.Dataset holding the uint8 images whose __getitem__ converts ONE sample at a time
@@ -46,9 +47,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
 from mnist_idx import default_data_dir, load_mnist, report, summarise_epochs  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 EXPECTED_PARAMS = {"keras-basic": 93_322, "keras-bn": 597_738}
 MEAN, STD = 0.1307, 0.3081  # pytorch/examples mnist Normalize
@@ -176,7 +176,8 @@ def main(argv=None) -> int:
     trainable = sum(p.numel() for p in model.parameters())
     # Keras's count_params() also counts BatchNormalization's moving mean/variance (non-trainable).
     params = trainable + sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
-    assert params == EXPECTED_PARAMS[args.model], f"{args.model}: {params} params, expected {EXPECTED_PARAMS[args.model]}"
+    assert params == EXPECTED_PARAMS[args.model], (
+        f"{args.model}: {params} params, expected {EXPECTED_PARAMS[args.model]}")
     loss_fn = nn.CrossEntropyLoss()
 
     seconds, history = [], []

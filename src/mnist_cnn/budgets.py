@@ -99,7 +99,8 @@ def open_regular(path: str | os.PathLike, what: str) -> BinaryIO:
         raise MnistCnnError(f"cannot read {what} file {describe(path)}: {_reason(e)}") from None
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()
-        raise MnistCnnError(f"{describe(path)}: not a regular file (a device, pipe or socket); expected {_a(what)} file")
+        raise MnistCnnError(f"{describe(path)}: not a regular file (a device, pipe or socket); expected "
+                            f"{_a(what)} file")
     return f
 
 

@@ -11,7 +11,8 @@ import json
 import math
 import os
 import sys
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from . import __version__
 from .errors import MnistCnnError, TrainingInterrupted
@@ -47,9 +48,10 @@ def cmd_models(args: argparse.Namespace) -> None:
     from .models import count_params
     from .zoo import MODELS, RECIPES, get_spec
 
-    rows = [{"name": name, "params": count_params(get_spec(name))[0], "tutorial_accuracy": e.tutorial_accuracy,
-             "recipe": e.recipe, "description": e.description, "options": list(e.options)}
-            for name, e in MODELS.items()]
+    rows: list[dict[str, Any]] = [
+        {"name": name, "params": count_params(get_spec(name))[0], "tutorial_accuracy": e.tutorial_accuracy,
+         "recipe": e.recipe, "description": e.description, "options": list(e.options)}
+        for name, e in MODELS.items()]
     if args.json:
         return _print_json(rows)
 
@@ -87,7 +89,8 @@ def _summary_spec(model: str, options: dict[str, Any]) -> Any:
 
     from .zoo import get_spec
 
-    if Path(model).suffix.lower() in (".toml", ".json", ".yaml", ".yml") or not Path(model).exists():
+    opened_as_run = Path(model).is_dir() or Path(model).suffix.lower() in (".safetensors", ".h5", ".hdf5", ".keras")
+    if not opened_as_run:  # a name or a spec file; anything else gets get_spec's "unknown model"
         return get_spec(model, **options)
     from .sources import open_model
 

@@ -21,17 +21,18 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Sequence
 
 import numpy as np
 import torch
 
 from .atomic import atomic_write_bytes
-from .budgets import Budget, exists, is_dir, is_file, open_regular
+from .budgets import exists, is_dir, is_file, open_regular
 from .errors import MnistCnnError
+from .idx import DATA_BYTES, idx_bytes, read_at_most, read_idx
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
@@ -59,12 +60,6 @@ MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_CHUNK = 1 << 20
-# IDX type code -> big-endian numpy dtype (the IDX format is big-endian throughout).
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_IDX_CODES = {np.dtype(t).str[1:]: code for code, t in _IDX_DTYPES.items()}  # "u1" -> 0x08, ...
-_MAX_DIMS = 32  # numpy's limit on array dimensions (older releases)
 # zipfile, zlib, lzma and numpy's .npy header parser each raise their own types on bad input.
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError,
                NotImplementedError, RuntimeError, struct.error)
@@ -131,118 +126,6 @@ def class_name(classes: Sequence[str] | None, index: int) -> str:
     return classes[index] if classes else str(index)
 
 
-# ---------------------------------------------------------------- IDX files
-
-#: decompressed bytes of one array (IDX file or .npy member), from its header before reading: EMNIST ByClass's
-#: 697,932 training images are 547 MB
-DATA_BYTES = Budget("MNIST_CNN_MAX_DATA_BYTES", 2 * 2**30)
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file, gzipped or not (told apart by the magic bytes, not the name)."""
-    path = Path(path)
-    compressed = False
-    try:
-        with open_regular(path, "IDX") as f:
-            compressed = f.read(2) == _GZIP_MAGIC
-            f.seek(0)
-            if not compressed:
-                return _parse_idx(f, path, os.fstat(f.fileno()).st_size)
-            with gzip.GzipFile(fileobj=f) as g:
-                return _parse_idx(g, path, None)
-    except FileNotFoundError:
-        raise MnistCnnError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise MnistCnnError(f"{path}: is a directory, expected an IDX file") from None
-    except (OSError, EOFError, zlib.error) as e:
-        problem = "corrupt gzip data" if compressed else "cannot read"
-        raise MnistCnnError(f"{path}: {problem} ({e})") from None
-
-
-def _parse_idx(stream: BinaryIO, path: Path, file_size: int | None) -> np.ndarray:
-    """Parse header then body; `file_size` (plain files only) lets a lying header fail at once."""
-    head = stream.read(4)
-    if len(head) < 4 or head[:2] != b"\0\0":
-        raise MnistCnnError(f"{path}: not an IDX file (starts with {head.hex() or 'nothing'}, "
-                            "expected 0000 then a type code and a dimension count)")
-    code, ndim = head[2], head[3]
-    if code not in _IDX_DTYPES:
-        raise MnistCnnError(f"{path}: unknown IDX type code 0x{code:02x} "
-                            f"(known: {', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)})")
-    if not 1 <= ndim <= _MAX_DIMS:
-        raise MnistCnnError(f"{path}: IDX header declares {ndim} dimensions, expected 1 to {_MAX_DIMS}")
-    raw_dims = stream.read(4 * ndim)
-    if len(raw_dims) < 4 * ndim:
-        raise MnistCnnError(f"{path}: truncated: the file ends inside its IDX header")
-    shape = struct.unpack(f">{ndim}I", raw_dims)
-    dtype = np.dtype(_IDX_DTYPES[code])
-    nbytes = math.prod(shape) * dtype.itemsize
-    if file_size is not None and nbytes > file_size - 4 - 4 * ndim:
-        # Refuse before reading anything: a 100-byte file cannot hold 10^9 images.
-        raise _truncated(path, shape, nbytes, file_size - 4 - 4 * ndim)
-    if nbytes > DATA_BYTES.value:  # a gzip of a few MB may expand to GBs: count (never keep) what is really there
-        held = _count_at_most(stream, DATA_BYTES.value + 1)
-        if held < nbytes and held <= DATA_BYTES.value:
-            raise _truncated(path, shape, nbytes, held)
-        DATA_BYTES.check(nbytes, f"{path}: the header's shape {shape}")
-    body = _read_at_most(stream, nbytes + 1)
-    if len(body) < nbytes:
-        raise _truncated(path, shape, nbytes, len(body))
-    if len(body) > nbytes:
-        raise MnistCnnError(f"{path}: unexpected bytes after the {nbytes:,} bytes of data "
-                            f"that the header's shape {shape} declares")
-    try:  # numpy refuses shapes like (0, 2**32-1, 2**32-1, 2**32-1) even with no data
-        return np.frombuffer(body, dtype=dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
-    except ValueError as e:
-        raise MnistCnnError(f"{path}: cannot make an array of the header's shape {shape} ({e})") from None
-
-
-def _truncated(path: Path | str, shape: tuple[int, ...], nbytes: int, held: int) -> MnistCnnError:
-    return MnistCnnError(f"{path}: truncated: the header declares shape {shape} ({nbytes:,} bytes "
-                         f"of data) but the file holds only {held:,}")
-
-
-def _read_at_most(stream: BinaryIO, limit: int) -> bytearray:
-    """Read until EOF or `limit` bytes in chunks, so memory follows the bytes really there."""
-    buf = bytearray()
-    while len(buf) < limit:
-        chunk = stream.read(min(_CHUNK, limit - len(buf)))
-        if not chunk:
-            break
-        buf += chunk
-    return buf
-
-
-def _count_at_most(stream: BinaryIO, limit: int) -> int:
-    """How many bytes the stream holds, up to `limit`, read in chunks and dropped: memory stays one chunk."""
-    held = 0
-    while held < limit and (chunk := stream.read(min(_CHUNK, limit - held))):
-        held += len(chunk)
-    return held
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """The uncompressed IDX encoding of `array` (what the canonical checksums are taken over)."""
-    arr = np.asarray(array)
-    code = _IDX_CODES.get(arr.dtype.str[1:])
-    if code is None:
-        raise MnistCnnError(f"cannot store dtype {arr.dtype} as IDX "
-                            f"(IDX holds {', '.join(np.dtype(t).name for t in _IDX_DTYPES.values())})")
-    if not 1 <= arr.ndim <= 255 or max(arr.shape) >= 2**32:
-        raise MnistCnnError(f"cannot store shape {arr.shape} as IDX (1 to 255 dimensions, each < 2**32)")
-    header = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    return header + arr.astype(arr.dtype.newbyteorder(">"), copy=False).tobytes()
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Write `array` as IDX, atomically; gzipped if `path` ends in .gz (deterministic: mtime 0, no name)."""
-    path = Path(path)
-    content = idx_bytes(array)
-    if path.name.endswith(".gz"):
-        content = gzip.compress(content, compresslevel=9, mtime=0)
-    return atomic_write_bytes(path, content)
-
-
 # ---------------------------------------------------------------- npz files (Keras mnist.npz layout)
 
 def read_npz(path: str | os.PathLike, *, test_only: bool = False) -> MnistData:
@@ -285,7 +168,7 @@ def _read_npy(zf: zipfile.ZipFile, key: str, where: str) -> np.ndarray:
             raise MnistCnnError(f"{where}: holds Python objects (dtype {dtype}); refusing to unpickle")
         nbytes = math.prod(shape) * dtype.itemsize
         DATA_BYTES.check(nbytes, f"{where}: the header's shape {shape}")
-        body = _read_at_most(f, nbytes + 1)
+        body = read_at_most(f, nbytes + 1)
     if len(body) != nbytes:
         raise MnistCnnError(f"{where}: the header declares shape {shape} ({nbytes:,} bytes of data) "
                             f"but the array holds {len(body):,}")
@@ -416,7 +299,7 @@ def _checked_split(x: np.ndarray, y: np.ndarray, x_name: str | Path, y_name: str
     return x, y
 
 
-def _to_data(arrays: dict[str, np.ndarray], names: dict[str, str | Path], source: str,
+def _to_data(arrays: dict[str, np.ndarray], names: Mapping[str, str | Path], source: str,
              classes: Sequence[str] | None = None) -> MnistData:
     """Check the splits given (naming the file at fault) and wrap them as tensors; a split not given is empty."""
     classes = checked_classes(classes, f"{source}: class names")
@@ -427,7 +310,8 @@ def _to_data(arrays: dict[str, np.ndarray], names: dict[str, str | Path], source
                                                           num_classes=len(classes) if classes else NUM_CLASSES)
         else:
             arrays[x_key], arrays[y_key] = np.empty((0, *IMAGE_SHAPE), np.uint8), np.empty(0, np.int64)
-    return MnistData(*(arrays[key] for key in IDX_NAMES), source=source, classes=classes)
+    x_train, y_train, x_test, y_test = (arrays[key] for key in IDX_NAMES)  # numpy: MnistData makes them tensors
+    return MnistData(x_train, y_train, x_test, y_test, source=source, classes=classes)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- the bundled copy and downloads
@@ -471,8 +355,8 @@ def download_mnist(dest_dir: str | os.PathLike, *, mirrors: Sequence[str] = MIRR
             url = f"{mirror.rstrip('/')}/{name}.gz"
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
-                    raw = bytes(_read_at_most(response, size + 1))  # MNIST's .gz is far smaller
-                content = _read_at_most(gzip.GzipFile(fileobj=io.BytesIO(raw)), size + 1)
+                    raw = bytes(read_at_most(response, size + 1))  # MNIST's .gz is far smaller
+                content = read_at_most(gzip.GzipFile(fileobj=io.BytesIO(raw)), size + 1)
             except (urllib.error.URLError, OSError, EOFError, zlib.error, ValueError) as e:
                 failures.append(f"{url}: {getattr(e, 'reason', e)}")
                 continue

@@ -82,7 +82,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim  # type: ignore[no-any-return]
+        return libc.malloc_trim
     except (OSError, AttributeError):  # musl has no malloc_trim, and gives memory back by itself
         return None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +30,17 @@ from torch import nn
 from .atomic import atomic_write_json
 from .budgets import describe, exists, is_dir
 from .data import MnistData, load_mnist, recorded_path, split_validation
-from .errors import MnistCnnError, TrainingInterrupted
+from .errors import MnistCnnError
 from .evaluation import evaluate, metrics_from_logits, predict_logits
 from .inputs import as_model_input
 from .models import SpecModel, build_model, count_params
+from .reuse import reuse_or_train
 from .rundir import check_out, claim
 from .runs import (
     ENSEMBLE_FILE,
     Run,
     check_declared,
     checked_config,
-    checkpoint_paths,
     fill_weights,
     load_run,
     load_tensors,
@@ -49,7 +50,6 @@ from .runs import (
     write_classes,
 )
 from .spec import parse_spec
-from .training.config import PLACEMENT
 
 # (dx, dy) in pixels: the image itself and one-pixel shifts in the four directions
 DEFAULT_SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
@@ -105,27 +105,33 @@ class EnsembleModel(nn.Module):
         self.memory_format = getattr(members[0], "memory_format", torch.contiguous_format)
 
     @property
+    def models(self) -> list[SpecModel]:
+        """The members, typed as what they are (ModuleList holds plain modules)."""
+        return typing.cast(list[SpecModel], list(self.members))
+
+    @property
     def tta(self) -> bool:
         return self.shifts != ((0, 0),)
 
     @property
     def num_classes(self) -> int:
-        return self.members[0].spec.num_classes
+        return self.models[0].spec.num_classes
 
     @property
     def name(self) -> str:
-        names = sorted({m.spec.name for m in self.members})
+        names = sorted({m.spec.name for m in self.models})
         return f"ensemble-{len(self.members)}x{'+'.join(names)}" + ("-tta" if self.tta else "")
 
     def with_shifts(self, shifts: Sequence[Sequence[int]] | None) -> EnsembleModel:
         """The same members (shared, not copied) with other TTA shifts."""
-        return EnsembleModel(list(self.members), shifts, self.sources)
+        return EnsembleModel(self.models, shifts, self.sources)
 
     def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """[M, N, classes]: each member's probabilities, averaged over the TTA shifts."""
         out = []
         for member in self.members:
-            p = sum(torch.softmax(member(shift_images(x, dx, dy)).float(), dim=1) for dx, dy in self.shifts)
+            p = typing.cast(torch.Tensor, sum(torch.softmax(member(shift_images(x, dx, dy)).float(), dim=1)
+                                              for dx, dy in self.shifts))
             out.append(p / len(self.shifts) if len(self.shifts) > 1 else p)
         return torch.stack(out)
 
@@ -137,7 +143,7 @@ class EnsembleModel(nn.Module):
 
     @property
     def input_size(self) -> tuple[int, int] | None:
-        return self.members[0].input_size
+        return self.models[0].input_size
 
     @torch.no_grad()
     def predict_proba(self, x: Any) -> torch.Tensor:
@@ -145,7 +151,7 @@ class EnsembleModel(nn.Module):
         return self.probabilities(as_model_input(x, size=self.input_size))
 
     def describe(self) -> dict[str, Any]:
-        return {"members": [{"spec": m.spec.to_dict(), "source": s} for m, s in zip(self.members, self.sources)],
+        return {"members": [{"spec": m.spec.to_dict(), "source": s} for m, s in zip(self.models, self.sources)],
                 "shifts": [list(s) for s in self.shifts], "combine": "mean of softmax"}
 
 
@@ -235,7 +241,7 @@ class EnsembleRun:
 
     @property
     def num_params(self) -> int:
-        return sum(count_params(m.spec)[0] for m in self.model.members)
+        return sum(count_params(m.spec)[0] for m in self.model.models)
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.predict_proba(x)
@@ -384,47 +390,3 @@ def train_members(config: Any, n: int, *, data: MnistData | None = None, out: st
             member = dataclasses.replace(config, seed=seed, out=str(folder / "members" / f"seed-{seed}"))
             runs.append(reuse_or_train(member, data=data, log=log))
     return runs
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("out", "verbose", *PLACEMENT)}
-
-
-def config_differences(config: Any) -> list[str]:
-    """The options (and 'spec') in which the run in config.out was started otherwise than `config` asks: [] when
-    it was started with this very config, ['out'] when there is no run there."""
-    out = Path(config.out) if config.out else None
-    if out is None or not exists(out / "config.json"):
-        return ["out"]
-    saved, wanted = _comparable(read_json(out / "config.json", {})), _comparable(config.to_dict())
-    differences = [k for k in dict.fromkeys([*wanted, *saved]) if saved.get(k) != wanted.get(k)]
-    saved_spec = read_json(out / "spec.json", {})
-    spec = config.model_spec(_num_classes(saved_spec)).to_dict()  # a spec file may have been edited since
-    return differences + (["spec"] if saved_spec != spec else [])
-
-
-def _num_classes(spec: dict[str, Any]) -> int:
-    """The class count a saved spec.json gives (its head follows the data it was trained on); 10 if unreadable."""
-    try:
-        return parse_spec(spec, "spec.json").num_classes
-    except MnistCnnError:
-        return 10
-
-
-def reuse_or_train(config: Any, *, data: MnistData | None = None, log: Callable[[str], None] = print) -> Run:
-    """The run in config.out if it was trained with this very config (resumed if it was interrupted), else a fresh
-    training there: the folder belongs to the ensemble or experiment, so an older config's run is replaced."""
-    from .training import train  # training is only needed here; keep `import ensemble` light
-
-    out = Path(config.out) if config.out else None
-    resume = None
-    if out is not None and not config_differences(config):
-        if exists(out / "metrics.json") and exists(out / "model.safetensors"):
-            log(f"reusing finished run {out}")
-            return load_run(out)
-        resume = out if checkpoint_paths(out) else None
-    try:
-        return train(config, data, resume=resume, overwrite=resume is None, log=log)
-    except TrainingInterrupted as e:  # one run of many: the same command resumes it, then goes on to the others
-        raise TrainingInterrupted(f"interrupted while training {e.run_dir}, whose checkpoint is kept: run the same "
-                                  "command again to continue", e.signum, e.run_dir) from None

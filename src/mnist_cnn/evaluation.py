@@ -6,7 +6,8 @@ Pure functions of a model and tensors; training uses them for validation, the CL
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ def confusion_matrix(pred: torch.Tensor, y: torch.Tensor, num_classes: int = 10)
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def per_class(confusion: torch.Tensor) -> list[dict[str, float]]:
+def per_class(confusion: torch.Tensor) -> list[dict[str, Any]]:
     """Precision, recall, F1 and support per class; 0 where a ratio has nothing to count (as scikit-learn)."""
     tp = confusion.diag().double()
     support = confusion.sum(1).double()
@@ -129,7 +130,7 @@ def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, classes: Sequence
         if len(classes) != logits.shape[1]:
             raise MnistCnnError(f"{len(classes)} class names for a model of {logits.shape[1]} classes")
         for row in rows:
-            row["name"] = classes[row["class"]]
+            row["name"] = classes[int(row["class"])]
         metrics.update(classes=list(classes), confusions=top_confusions(confusion, classes),
                        top_k={f"top{k}": top_k_accuracy(logits, y, k) for k in (3, 5) if k < len(classes)})
     return metrics

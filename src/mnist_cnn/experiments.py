@@ -189,7 +189,7 @@ def tested_row(history: list[dict[str, Any]], config: dict[str, Any]) -> dict[st
     for row in rows:  # training's own rule, min_delta and float32 comparison included
         if improved(row[monitor], best, monitor, config.get("min_delta", 0.0)):
             best, kept = row[monitor], row
-    return kept
+    return kept or {}
 
 
 def run_grid(grid: dict[str, Any], *, seeds: int | None = None, out: str | os.PathLike | None = None,
@@ -281,7 +281,7 @@ def _cell_runner(grid: dict[str, Any], grid_cells: list[dict[str, Any]], seeds: 
                  data: MnistData | None, overrides: dict[str, Any] | None,
                  log: Callable[[str], None]) -> Callable[[int], dict[str, Any]]:
     """A function that trains (or reuses) cell i's seeds and returns its row of the results."""
-    from .ensemble import reuse_or_train
+    from .reuse import reuse_or_train
 
     loaded: dict[str | None, MnistData] = {}  # each data set once, however many cells use it
     folders = cell_folders(grid_cells)
@@ -326,7 +326,7 @@ class GridResults(dict):
 
 
 def _pct(mean: float | None, std: float | None) -> str:
-    return "-" if mean is None else f"{mean * 100:.2f} ± {std * 100:.2f}"
+    return "-" if mean is None or std is None else f"{mean * 100:.2f} ± {std * 100:.2f}"
 
 
 def format_table(results: dict[str, Any]) -> Text:

@@ -376,6 +376,7 @@ def _digit(index: int | None, image: str | os.PathLike | None, data: MnistData |
 
         return torch.from_numpy(load_image(image)), f"image-{Path(image).stem}", Path(image).name
     data = data if data is not None else run_data(run)
+    assert index is not None  # one of the two was given, and it was not the image
     if not 0 <= index < len(data.x_test):
         raise MnistCnnError(f"test index {index} is out of range: the test set has {len(data.x_test)} images "
                             f"(0..{len(data.x_test) - 1})")

@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import tempfile
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
     if fmt is None and told is None:
         raise MnistCnnError(f"cannot tell the format of {path} from its suffix: use --format "
                             f"{'|'.join(FORMATS)} or one of {', '.join(SUFFIXES)}")
-    return fmt or told
+    return fmt or typing.cast(str, told)
 
 
 def export_model(run_or_model: Openable, fmt: str | None, out_path: str | os.PathLike) -> Path:
@@ -129,7 +130,7 @@ def export_model(run_or_model: Openable, fmt: str | None, out_path: str | os.Pat
         return write_keras(model, out)
     if fmt == "safetensors":
         # The run's own weights format (checksummed; spec in metadata), so load_run() reads it back.
-        return save_weights(out, model, {k: v for k, v in meta.items() if k != "spec"})
+        return save_weights(out, typing.cast(SpecModel, model), {k: v for k, v in meta.items() if k != "spec"})
     data = _onnx_bytes(model, meta) if fmt == "onnx" else _torchscript_bytes(model, meta)
     return atomic_write_bytes(out, data)
 
@@ -155,6 +156,7 @@ def _onnx_bytes(model: SpecModel | EnsembleModel, meta: dict[str, Any]) -> bytes
             raise MnistCnnError(f"ONNX export needs onnxscript ({e}): pip install 'mnist-cnn[export]'") from e
         finally:
             exporter_log.setLevel(level)
+        assert program is not None  # dynamo=True always returns the program
         program.save(os.path.join(tmp, "model.onnx"), external_data=False)
         proto = onnx.load(os.path.join(tmp, "model.onnx"))
     proto.doc_string = f"mnist-cnn {meta['name']}: image float32 [N,1,28,28] in [0,1] -> logits, probabilities"

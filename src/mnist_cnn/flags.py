@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .training.config import FIELDS, PLACEMENT, TrainConfig
 from .training.options import declaration, dest_of, flag_of, help_text, shown_default

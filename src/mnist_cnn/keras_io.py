@@ -45,9 +45,9 @@ KERAS_VERSION = "3.15.1"  # the Keras whose .keras layout write_keras mirrors (t
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # Keras dates its zip entries so; the file's bytes then depend on the model only
 
 try:  # h5py is needed only for Keras files; its absence is one line when one is opened
-    import h5py  # type: ignore[import-untyped]
+    import h5py
 except ImportError:  # pragma: no cover - h5py is a dependency of the keras extra
-    h5py = None  # type: ignore[assignment]
+    h5py = None
 
 
 def is_keras_file(path: str | os.PathLike) -> bool:
@@ -235,8 +235,8 @@ def keras_bytes(model: SpecModel) -> bytes:
     metadata = {"keras_version": KERAS_VERSION, "date_saved": datetime.now(timezone.utc).strftime("%Y-%m-%d@%H:%M:%S")}
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in (("metadata.json", json.dumps(metadata).encode()), ("config.json", json.dumps(config).encode()),
-                           ("model.weights.h5", weights.getvalue())):
+        for name, data in (("metadata.json", json.dumps(metadata).encode()),
+                           ("config.json", json.dumps(config).encode()), ("model.weights.h5", weights.getvalue())):
             archive.writestr(zipfile.ZipInfo(name, _ZIP_DATE), data)
     return out.getvalue()
 

@@ -36,9 +36,9 @@ from .data import (
     _read_npy,
     _to_data,
     load_mnist,
-    read_idx,
 )
 from .errors import MnistCnnError
+from .idx import read_idx
 from .preprocess import IMAGE_SUFFIXES, load_image
 
 KINDS = ("emnist", "kuzushiji", "quickdraw", "folder")

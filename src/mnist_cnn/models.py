@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import typing
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from html import escape
 from typing import Any
@@ -19,7 +20,8 @@ from .inputs import as_model_input
 from .spec import Layer, ModelSpec, infer_shapes
 from .zoo import get_spec
 
-_ACT = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "selu": nn.SELU,
+_ACT: dict[str, Callable[[], nn.Module]] = {
+        "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "selu": nn.SELU,
         "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.2),
         "softmax": lambda: nn.Softmax(dim=1), "linear": nn.Identity}
 
@@ -38,7 +40,7 @@ class KerasReshape(nn.Module):
         return x.permute(0, 3, 1, 2) if len(self.target) == 3 else x
 
 
-def _same_padding(kernel: list[int], strides: list[int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+def _same_padding(kernel: list[int], strides: list[int], size: tuple[int, ...]) -> tuple[int, int, int, int]:
     # Keras 'same' pads the extra pixel on the bottom/right when the total padding is odd
     pads = []
     for k, s, n in zip(kernel, strides, size):
@@ -74,7 +76,7 @@ def _layer_module(layer: Layer, in_shape: tuple[int, ...]) -> nn.Module:
         padding = _same_padding(a["pool_size"], strides, in_shape[:2])
         if layer.type == "MaxPooling2D":
             return nn.Sequential(Pad(padding, float("-inf")), pool)
-        return AveragePoolSame(pool, padding, in_shape[:2])
+        return AveragePoolSame(typing.cast(nn.AvgPool2d, pool), padding, (in_shape[0], in_shape[1]))
     if layer.type == "GlobalAveragePooling2D":
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     if layer.type == "Dense":
@@ -122,6 +124,8 @@ class BatchNorm(nn.modules.batchnorm._BatchNorm):
         # the batch statistics come back with the output: invstd = 1 / sqrt(biased variance + eps)
         y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(x, self.weight, self.bias, True,
                                                                           self.momentum, self.eps)
+        assert self.running_mean is not None and self.running_var is not None and self.momentum is not None
+        assert self.num_batches_tracked is not None  # track_running_stats: training mode has them
         with torch.no_grad():
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(invstd.pow(-2) - self.eps, self.momentum)
@@ -190,11 +194,12 @@ class SpecModel(nn.Module):
         self.softmax_output = last.args.get("activation") == "softmax"
         head = list(self.layers)
         if self.softmax_output:  # drop the softmax module, keep what stands before it
-            head = head[:-1] if last.type == "Activation" else [*head[:-1], self.layers[-1][0]]
+            before = typing.cast(nn.Sequential, self.layers[-1])[0]  # a Dense's Linear, without its softmax
+            head = head[:-1] if last.type == "Activation" else [*head[:-1], before]
         self._head = _relu_in_place(_pool_before_activation(head))
         reset_parameters(self)
         self.memory_format = default_memory_format(spec)
-        self.to(memory_format=self.memory_format)  # converts only the 4-D conv kernels
+        self.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # converts only 4-D conv kernels
 
     @property
     def name(self) -> str:
@@ -311,10 +316,11 @@ def spec_of(model: ModelSpec | nn.Module | str | os.PathLike | object) -> ModelS
     """The spec itself, that of a built model or a Run (their `.spec`), or a named model's or spec file's."""
     if isinstance(model, ModelSpec):
         return model
-    if isinstance(getattr(model, "spec", None), ModelSpec):
-        return model.spec
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, ModelSpec):
+        return spec
     if isinstance(model, (str, os.PathLike)):
-        return get_spec(model)
+        return get_spec(os.fspath(model))
     raise MnistCnnError(f"expected a ModelSpec, a model built from one, a Run, or a model's name or spec file, "
                         f"got {type(model).__name__}")
 
@@ -330,7 +336,8 @@ def summary(spec: ModelSpec | SpecModel | str) -> Text:
     spec = spec_of(spec)
     rows = layer_table(spec)
     cells = [(f"{r['name']} ({r['type']})", r["output_shape"], f"{r['params']:,}") for r in rows]
-    w = [max(len(h), *(len(c[i]) for c in cells)) + 2 for i, h in enumerate(("Layer (type)", "Output Shape", "Param #"))]
+    headers = ("Layer (type)", "Output Shape", "Param #")
+    w = [max(len(h), *(len(c[i]) for c in cells)) + 2 for i, h in enumerate(headers)]
     rule = "-" * sum(w)
     total, trainable, fixed = _totals(rows)
     lines = [f'Model: "{spec.name}"', "=" * sum(w),

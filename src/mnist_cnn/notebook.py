@@ -26,13 +26,13 @@ from .atomic import atomic_write_json
 from .budgets import describe
 from .data import MnistData, load_mnist, recorded_source
 from .display import Text, history_table
-from .ensemble import config_differences, reuse_or_train
 from .errors import MnistCnnError
 from .evaluation import Metrics, evaluate
 from .inputs import as_model_input
 from .keras_io import write_keras
 from .models import SpecModel, build_model, count_params, summary
 from .predict import predict_proba
+from .reuse import config_differences, reuse_or_train
 from .runs import PICKLE_SUFFIXES, Run, save_weights, write_history
 from .sources import open_model
 from .spec import ModelSpec, parse_spec

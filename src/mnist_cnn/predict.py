@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,9 +105,8 @@ def predict_files(run: Openable, paths: ImageSource | Sequence[ImageSource],
     the 28x28 input was written, when `show_preprocessed_dir` is given). `raw`: 28x28 images are fed as they are,
     without the MNIST preparation (see `preprocess.load_image`). A file that is not a usable image raises
     ImageError naming it, or with `skip_unreadable` gives {file, error} and the other files are still predicted."""
-    if isinstance(paths, (str, os.PathLike, bytes)) or is_pil_image(paths):  # one image, not its characters
-        paths = [paths]
-    paths = image_files(paths)
+    one = isinstance(paths, (str, os.PathLike, bytes)) or is_pil_image(paths)  # one image, not its characters
+    paths = image_files([typing.cast(ImageSource, paths)] if one else typing.cast(Sequence[ImageSource], paths))
     if not paths:
         raise MnistCnnError("no image files given")
     opened = open_model(run)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import io
 import os
+import typing
 import warnings
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING, TypeGuard, Union
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def image_name(source: ImageSource, name: str | None = None) -> str:
     return str(source)
 
 
-def is_pil_image(source: object) -> bool:
+def is_pil_image(source: object) -> TypeGuard[Image.Image]:
     """A Pillow image, without importing Pillow for the paths and bytes that are the common case."""
     return type(source).__module__.startswith("PIL.")
 
@@ -76,7 +77,7 @@ def decode_image(source: ImageSource, *, name: str | None = None, max_pixels: in
     if is_pil_image(source):  # already decoded, in the caller's memory: no header to distrust
         return _pixels(source, label)
     try:
-        with open(Path(source), "rb") as f:
+        with open(Path(typing.cast("str | os.PathLike[str]", source)), "rb") as f:
             return _decode(f, label, max_pixels)
     except ImageError:
         raise

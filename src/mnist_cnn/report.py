@@ -83,7 +83,7 @@ def _note(text: str) -> str:
     return f'<p class="note">{escape(text)}</p>'
 
 
-def _size(pair: Sequence[int]) -> str:
+def _size(pair: Sequence[Any]) -> str:
     return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
 
 
@@ -109,7 +109,7 @@ def _metrics(run: Run, metrics: dict[str, Any], source: str) -> str:
             ("correct", f"{metrics['count'] - metrics['errors']:,} of {metrics['count']:,}"),
             ("test images from", source), ("parameters", f"{run.num_params:,}")]
     if run.history:
-        rows += [("epochs trained", len(run.history)),
+        rows += [("epochs trained", str(len(run.history))),
                  ("training time", f"{sum(r.get('seconds', 0) for r in run.history):.1f} s")]
     return _table(("metric", "value"), rows)
 
@@ -118,7 +118,8 @@ def _per_class(metrics: dict[str, Any]) -> str:
     rows = [(r.get("name", r["class"]), f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"])
             for r in metrics["per_class"]]
     table = _table(("class", "precision", "recall", "F1", "support"), rows, numeric=(1, 2, 3, 4))
-    return f'<div class="columns"><div>{table}</div><div>{_img(plot_per_class(metrics["per_class"]), "per-class accuracy")}</div></div>'
+    bars = _img(plot_per_class(metrics["per_class"]), "per-class accuracy")
+    return f'<div class="columns"><div>{table}</div><div>{bars}</div></div>'
 
 
 def _output_size(run: Run) -> str:
@@ -170,7 +171,8 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, 
         "per-class": _note("Recall is the accuracy on the test digits of that class; precision, how often the "
                            "model is right when it says that class.") + _per_class(metrics),
         "mistakes": _note(f"{len(mistakes):,} of {len(y):,} test digits are misclassified; the ones the model was "
-                          "surest about come first.") + _img(plot_mistakes(x, mistakes, classes=run.classes), "misclassified digits"),
+                          "surest about come first.")
+        + _img(plot_mistakes(x, mistakes, classes=run.classes), "misclassified digits"),
         "filters": (_note("The 3x3 (or larger) kernels the first layer learned: each slides over the digit.")
                     + _img(plot_filters(run.model), "first-layer filters")) if has_conv else no_conv,
         "feature-maps": (_note("What each convolution layer outputs for one digit: every tile is one channel, "

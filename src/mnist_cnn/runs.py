@@ -139,7 +139,7 @@ def load_weights(path: str | os.PathLike) -> SpecModel:
     return fill_weights(build_model(spec), tensors, f"{path}: weights do not fit its spec")
 
 
-def check_declared(specs: list[ModelSpec], tensors: dict[str, torch.Tensor], path: Path) -> None:
+def check_declared(specs: list[ModelSpec], tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Refuse specs whose weights outnumber those in the file before building them: a few hundred bytes of
     metadata must not allocate a 99M-parameter model. Counted on the meta device, which allocates nothing."""
     declared = 0

@@ -28,7 +28,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,26 +66,26 @@ class ApiError(Exception):
 
 class TopK(BaseModel):
     digit: int
-    label: Optional[str] = None
+    label: str | None = None
     probability: float
 
 
 class Prediction(BaseModel):
     digit: int
-    label: Optional[str] = None
+    label: str | None = None
     probability: float
     top3: list[TopK]
     probabilities: list[float]
-    file: Optional[str] = None
-    image: Optional[list[list[int]]] = None
+    file: str | None = None
+    image: list[list[int]] | None = None
 
 
 class ModelInfo(BaseModel):
     name: str
     run: str
     params: int
-    test_accuracy: Optional[float] = None
-    classes: Optional[list[str]] = None
+    test_accuracy: float | None = None
+    classes: list[str] | None = None
 
 
 class PredictResponse(BaseModel):
@@ -112,9 +112,12 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                return await _error_response(ApiError("bad_content_length", f"Content-Length {declared!r} is not a number"), scope, receive, send)
+                error = ApiError("bad_content_length", f"Content-Length {declared!r} is not a number")
+                return await _error_response(error, scope, receive, send)
             if int(declared) > self.max_bytes:
-                return await _error_response(ApiError("body_too_large", f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes}"), scope, receive, send)
+                error = ApiError("body_too_large",
+                                 f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes}")
+                return await _error_response(error, scope, receive, send)
         received = 0
 
         async def limited() -> Message:
@@ -143,7 +146,8 @@ def _parse_arrays(payload: Any) -> torch.Tensor:
         raise ApiError("bad_request", 'JSON body must be an object with an "images" list of 28x28 arrays')
     images, value_range = payload["images"], payload.get("value_range", "unit")
     if value_range not in ("unit", "byte"):
-        raise ApiError("bad_request", f'value_range must be "unit" (floats 0..1) or "byte" (integers 0..255), got {value_range!r}')
+        raise ApiError("bad_request", f'value_range must be "unit" (floats 0..1) or "byte" (integers 0..255), got '
+                                      f"{value_range!r}")
     if not isinstance(images, list) or not images:
         raise ApiError("bad_request", '"images" must be a non-empty list of 28x28 arrays')
     if len(images) > MAX_IMAGES:
@@ -184,7 +188,8 @@ def create_app(run: Openable, limits: ServeLimits | None = None, **overrides: An
     model = run.model.cpu().eval()
     classes = run.classes
     info = ModelInfo(name=run.name, run=run.path.name if run.path is not None else "", params=run.num_params,
-                     test_accuracy=run.metrics.get("accuracy"), classes=classes)
+                     test_accuracy=run.metrics.get("accuracy"),
+                     classes=list(classes) if classes else None)
     info_json = info.model_dump(exclude=None if classes else {"classes"})  # the digits' answer is as it was
     # One model instance behind a lock rather than micro-batching: one forward of this small CNN
     # takes about a millisecond, so batching would save little while adding a wait to every
@@ -305,7 +310,7 @@ def uvicorn_options(limits: ServeLimits) -> dict[str, Any]:
             "limit_concurrency": limits.max_connections}
 
 
-def serve(run_dir: Union[str, os.PathLike[str]], host: str = "127.0.0.1", port: int = 8000, *,
+def serve(run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, *,
           log_level: str = "info", limits: ServeLimits | None = None) -> None:
     """Run the service with uvicorn until interrupted, one process (docs/serving.md: several, behind a proxy)."""
     import socket

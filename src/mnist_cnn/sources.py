@@ -13,9 +13,10 @@ predict, export, serve, explain, report and the CLI take what `open_model` takes
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -112,7 +113,8 @@ def open_model(source: Openable) -> ModelSource:
                             f"run or ensemble directory, got {type(source).__name__}")
     path = Path(source)
     if not exists(path):
-        raise MnistCnnError(f"{describe(path)} does not exist: expected a run or ensemble directory (or its .safetensors file)")
+        raise MnistCnnError(f"{describe(path)} does not exist: expected a run or ensemble directory (or its "
+                            ".safetensors file), or a Keras .h5/.keras file")
     return _reader(path)(path)
 
 

@@ -6,9 +6,10 @@ defaults of the tutorial it reproduces, so `mnist-cnn train --model NAME` alone 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import MnistCnnError
 from .spec import ModelSpec, load_spec, parse_spec

@@ -13,7 +13,7 @@ adds eps after the bias correction, where Keras adds it before (3x smaller steps
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch

@@ -7,8 +7,9 @@ The CLI's flags, the help's defaults, the placement set and the validation are a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from ..errors import MnistCnnError
 

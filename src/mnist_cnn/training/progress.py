@@ -1,10 +1,12 @@
-"""What training prints: Keras's progress bar on terminals and one line per epoch."""
+"""What training prints: Keras's progress bar (on terminals, and in notebooks as a display updated in place) and
+one line per epoch."""
 
 from __future__ import annotations
 
+import html
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -15,25 +17,63 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     return " - ".join(parts) + f" - lr: {row['lr']:.2e}"
 
 
-class ProgressBar:
-    """Keras's bar, redrawn every 20 steps (each draw syncs with the device); on a terminal only."""
+def bar_mode(stream: TextIO) -> str | None:
+    """"notebook" inside a Jupyter kernel (JupyterLab, VS Code, classic notebooks), "terminal" on a TTY, else None:
+    pipes and files, `!mnist-cnn` in a notebook included, get the epoch lines alone."""
+    if "IPython" in sys.modules:  # only then: a plain script never pays for importing IPython
+        from IPython import get_ipython
 
-    def __init__(self, shown: bool):
-        self.shown, self.open = shown, False
+        shell = get_ipython()
+        if shell is not None and (type(shell).__name__ == "ZMQInteractiveShell" or hasattr(shell, "kernel")):
+            return "notebook"
+    return "terminal" if stream.isatty() else None
+
+
+class BarText:
+    """The bar as a notebook shows it: HTML in JupyterLab, VS Code and classic notebooks, plain text elsewhere."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(self.text)}</pre>"
+
+
+class ProgressBar:
+    """Keras's bar, redrawn every 20 steps and at the epoch's end (each draw syncs with the device to read the loss).
+
+    On a terminal it is redrawn with '\\r'; in a notebook each epoch has one display, updated in place, so that a
+    saved notebook keeps one output per epoch (its final state).
+    """
+
+    def __init__(self, shown: bool, stream: TextIO = sys.stdout):
+        self.stream, self.mode = stream, bar_mode(stream) if shown else None
+        self.open = False  # a terminal bar's line is not ended yet
+        self.handle: Any = None  # the epoch's notebook display
 
     def update(self, done: int, steps: int, start: float, sums: torch.Tensor) -> None:
-        if not self.shown or (done - 1) % 20 and done != steps:
+        if self.mode is None or (done - 1) % 20 and done != steps:
             return
         width = int(30 * done / steps)
         bar = "=" * width + (">" if width < 30 else "") + "." * (29 - width)
         loss, acc = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
-        sys.stdout.write(f"\r{done}/{steps} [{bar}] - {time.perf_counter() - start:.0f}s - loss: {loss:.4f}"
-                         f" - accuracy: {acc:.4f}")
-        sys.stdout.flush()
-        self.open = True
+        text = f"{done}/{steps} [{bar}] - {time.perf_counter() - start:.0f}s - loss: {loss:.4f} - accuracy: {acc:.4f}"
+        if self.mode == "terminal":
+            self.stream.write("\r" + text)
+            self.stream.flush()
+            self.open = True
+        elif self.handle is None:  # the epoch's first draw makes its display; later draws replace what it shows
+            from IPython.display import display
+
+            self.handle = display(BarText(text), display_id=True)
+        else:
+            self.handle.update(BarText(text))
 
     def end(self) -> None:
-        """End the bar's line, so that the next message has a line of its own."""
+        """End the epoch's bar: the next message gets a line of its own, and the next epoch a new display."""
         if self.open:
-            sys.stdout.write("\n")
-            self.open = False
+            self.stream.write("\n")
+        self.open, self.handle = False, None

@@ -3,7 +3,8 @@ device the whole forward and backward replayed as one CUDA graph."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F

@@ -213,6 +213,48 @@ def create_app(run: Openable, limits: ServeLimits | None = None, **overrides: An
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+    _answer_errors_in_json(app)
+
+    @app.head("/", include_in_schema=False)
+    @app.head("/healthz", include_in_schema=False)
+    async def head() -> Response:  # what uptime monitors send
+        return Response()
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": info_json}
+
+    @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True,
+              responses={c: {"model": ErrorResponse} for c in (400, 408, 413, 415, 422, 503)},
+              openapi_extra=_REQUEST_BODY_DOC)
+    async def predict(request: Request) -> dict[str, Any]:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            predictions = await predict_images(await _uploads(request))
+        elif kind.startswith("image/") or kind == "application/octet-stream":
+            predictions = await predict_images([("body", await request.body())])
+        elif kind == "application/json":
+            try:
+                payload = json.loads(await request.body())
+            except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+                raise ApiError("bad_json", f"body is not valid JSON ({str(e).splitlines()[0]})") from None
+            x = _parse_arrays(payload)
+            predictions = [describe(p, classes=classes) for p in await run_in_threadpool(infer, x)]
+        else:
+            raise ApiError("unsupported_media_type", f"Content-Type {kind or '(none)'!r} not accepted; send "
+                           "multipart/form-data (field 'file'), an image/* body, or application/json")
+        return {"model": info_json, "predictions": predictions}
+
+    return app
+
+
+def _answer_errors_in_json(app: FastAPI) -> None:
+    """Every error the app can meet answers {"error": CODE, "detail": one line}, with its status."""
+
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:
         return _error_json(e)
@@ -234,52 +276,20 @@ def create_app(run: Openable, limits: ServeLimits | None = None, **overrides: An
     async def internal_error(_: Request, e: Exception) -> JSONResponse:  # a bug: still answer in JSON
         return JSONResponse({"error": "internal_error", "detail": f"{type(e).__name__}: {e}"}, status_code=500)
 
-    @app.head("/", include_in_schema=False)
-    @app.head("/healthz", include_in_schema=False)
-    async def head() -> Response:  # what uptime monitors send
-        return Response()
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model": info_json}
-
-    @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True,
-              responses={c: {"model": ErrorResponse} for c in (400, 408, 413, 415, 422, 503)},
-              openapi_extra=_REQUEST_BODY_DOC)
-    async def predict(request: Request) -> dict[str, Any]:
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "multipart/form-data":
-            try:
-                form = await request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES)
-            except StarletteHTTPException as e:  # Starlette says "Too many files/fields" with a 400
-                if "Too many" not in str(e.detail):
-                    raise
-                raise ApiError("too_many_images", f"more than {MAX_IMAGES} files or fields in one request; the "
-                               f"limit is {MAX_IMAGES}") from None
-            uploads = [f for f in form.getlist("file") if not isinstance(f, str)]
-            if not uploads:
-                raise ApiError("missing_file", 'multipart body has no file in the field "file"')
-            blobs = [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(uploads)]
-            predictions = await predict_images(blobs)
-        elif kind.startswith("image/") or kind == "application/octet-stream":
-            predictions = await predict_images([("body", await request.body())])
-        elif kind == "application/json":
-            try:
-                payload = json.loads(await request.body())
-            except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
-                raise ApiError("bad_json", f"body is not valid JSON ({str(e).splitlines()[0]})") from None
-            x = _parse_arrays(payload)
-            predictions = [describe(p, classes=classes) for p in await run_in_threadpool(infer, x)]
-        else:
-            raise ApiError("unsupported_media_type", f"Content-Type {kind or '(none)'!r} not accepted; send "
-                           "multipart/form-data (field 'file'), an image/* body, or application/json")
-        return {"model": info_json, "predictions": predictions}
-
-    return app
+async def _uploads(request: Request) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of each file in a multipart body's field "file"."""
+    try:
+        form = await request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES)
+    except StarletteHTTPException as e:  # Starlette says "Too many files/fields" with a 400
+        if "Too many" not in str(e.detail):
+            raise
+        raise ApiError("too_many_images", f"more than {MAX_IMAGES} files or fields in one request; the "
+                       f"limit is {MAX_IMAGES}") from None
+    uploads = [f for f in form.getlist("file") if not isinstance(f, str)]
+    if not uploads:
+        raise ApiError("missing_file", 'multipart body has no file in the field "file"')
+    return [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(uploads)]
 
 
 _REQUEST_BODY_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {

@@ -49,7 +49,7 @@ class ProgressBar:
     saved notebook keeps one output per epoch (its final state).
     """
 
-    def __init__(self, shown: bool, stream: TextIO = sys.stdout):
+    def __init__(self, shown: bool, stream: TextIO):
         self.stream, self.mode = stream, bar_mode(stream) if shown else None
         self.open = False  # a terminal bar's line is not ended yet
         self.handle: Any = None  # the epoch's notebook display

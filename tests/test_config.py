@@ -58,8 +58,8 @@ def test_the_help_shows_the_declared_default_not_a_copy(monkeypatch):
 
 def test_placement_is_declared_once_and_ensembles_reuse_runs_across_it():
     from mnist_cnn.cli import _TRAIN_SETTINGS
-    from mnist_cnn.ensemble import _comparable
     from mnist_cnn.flags import PLACEMENT_DESTS
+    from mnist_cnn.reuse import _comparable
 
     assert PLACEMENT == ("threads", "device", "cuda_graph")
     assert PLACEMENT_DESTS == ("threads", "device", "no_cuda_graph") and set(PLACEMENT_DESTS) <= set(_TRAIN_SETTINGS)
@@ -107,3 +107,18 @@ def test_a_spec_given_as_data_is_checked_when_the_config_is_made():
     with pytest.raises(MnistCnnError, match=r"model_options apply to named models"):
         make_config(model=LAYERS, model_options={"dropout": False})
     assert TrainConfig().spec is None
+
+
+def test_a_run_saved_before_an_option_existed_compares_as_it_was_trained(tmp_path):
+    import dataclasses
+
+    from mnist_cnn.reuse import config_differences
+
+    config = make_config(model="keras-basic", out=str(tmp_path / "old"))
+    saved = config.to_dict()
+    del saved["bn_recalibrate"]  # written by a version without the option, which never re-estimated
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "old" / "spec.json").write_text(json.dumps(config.model_spec().to_dict()))
+    assert config_differences(dataclasses.replace(config, bn_recalibrate="off")) == []
+    assert config_differences(config) == ["bn_recalibrate"]

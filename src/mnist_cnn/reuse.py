@@ -12,7 +12,7 @@ from .data import MnistData
 from .errors import MnistCnnError, TrainingInterrupted
 from .runs import Run, checkpoint_paths, load_run, read_json
 from .spec import parse_spec
-from .training.config import PLACEMENT
+from .training.config import PLACEMENT, SAVED_WITHOUT
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -25,7 +25,8 @@ def config_differences(config: Any) -> list[str]:
     out = Path(config.out) if config.out else None
     if out is None or not exists(out / "config.json"):
         return ["out"]
-    saved, wanted = _comparable(read_json(out / "config.json", {})), _comparable(config.to_dict())
+    saved = _comparable({**SAVED_WITHOUT, **read_json(out / "config.json", {})})
+    wanted = _comparable(config.to_dict())
     differences = [k for k in dict.fromkeys([*wanted, *saved]) if saved.get(k) != wanted.get(k)]
     saved_spec = read_json(out / "spec.json", {})
     spec = config.model_spec(_num_classes(saved_spec)).to_dict()  # a spec file may have been edited since

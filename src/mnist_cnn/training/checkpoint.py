@@ -18,7 +18,7 @@ from ..errors import MnistCnnError
 from ..models import SpecModel, build_model
 from ..runs import has_trained, latest_checkpoint, read_json, save_checkpoint
 from ..spec import ModelSpec
-from .config import FIELDS, PLACEMENT, TrainConfig, validate
+from .config import FIELDS, PLACEMENT, SAVED_WITHOUT, TrainConfig, validate
 from .distributed import Processes
 from .optim import EMA, make_optimizer
 from .options import OptionError, escape
@@ -101,7 +101,7 @@ def resumed_config(out: Path, config: TrainConfig | None, overrides: dict[str, A
                           f"{{{PLACEMENT[-1]}}} may be given with it, got {{{refused[0]}}}")
     if not exists(out / "config.json"):
         raise MnistCnnError(f"cannot resume {out}: no config.json there (is it a run directory?)")
-    saved = read_json(out / "config.json", {})
+    saved = {**SAVED_WITHOUT, **read_json(out / "config.json", {})}  # an older run ends as it would have then
     unknown = sorted(set(saved) - set(FIELDS))
     if unknown:
         raise MnistCnnError(f"cannot resume {out}: {out / 'config.json'} has unknown option {unknown[0]!r}")

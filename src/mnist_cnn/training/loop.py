@@ -34,6 +34,7 @@ from ..models import SpecModel, default_memory_format
 from ..rundir import claim
 from ..runs import Run, load_weights, remove_run_files, save_weights, write_classes, write_history
 from ..spec import ModelSpec, parse_spec
+from .batchnorm import recalibrate, should_recalibrate, stalest
 from .checkpoint import Checkpoint, TrainState, epochs_text, reconcile, resumed_config
 from .config import TrainConfig, make_config, validate
 from .distributed import Processes
@@ -138,7 +139,7 @@ def fit(state: TrainState, step: Step, split: Split, config: TrainConfig, spec: 
     procs, n, batch = step.procs, len(split.x_train), config.batch_size
     total_steps = steps_per_epoch * config.epochs
     augment = Augment.from_dict(config.augment) if config.augment else None
-    bar = ProgressBar(procs.is_main and bool(config.verbose) and sys.stdout.isatty())
+    bar = ProgressBar(procs.is_main and bool(config.verbose), sys.stdout)
     stop = state.stopped_early(config)
     try:
         while state.step < total_steps and not stop:
@@ -240,11 +241,27 @@ def _finish(state: TrainState, config: TrainConfig, spec: ModelSpec, split: Spli
         if config.restore_best and exists(out / "best.safetensors"):
             final = load_weights(out / "best.safetensors").to(split.x_train.device)
             say("Restored the best weights on " + config.monitor)
+        recalibration: dict[str, Any] = {}  # metrics.json's record of the BatchNorm statistics' re-estimation
+        if should_recalibrate(config.bn_recalibrate, final):  # every rank alike, no collectives: all hold what is saved
+            steps, momentum = stalest(final)
+            val = procs.is_main and len(split.x_val) > 0  # the validation accuracy before and after, for metrics.json
+            before = loss_and_accuracy(predict_logits(final, split.x_val), split.y_val)[1] if val else None
+            images = recalibrate(final, split.x_train, config.batch_size)
+            recalibration = {"images": images, "steps": steps, "momentum": momentum}
+            if val:
+                recalibration.update(val_accuracy_before=before,
+                                     val_accuracy_after=loss_and_accuracy(predict_logits(final, split.x_val),
+                                                                          split.y_val)[1])
+            say(f"BatchNorm statistics re-estimated on {images:,} training images (the moving averages had seen "
+                f"{steps:,} steps at momentum {momentum:g})")
         if procs.is_main:
             save_weights(out / "model.safetensors", final)
             metrics = evaluate(final, split.x_test, split.y_test, classes=split.classes)
             metrics["epochs_trained"] = len(state.history)
             metrics["train_seconds"] = sum(r["seconds"] for r in state.history)
+            metrics["bn_recalibrated"] = bool(recalibration)
+            if recalibration:
+                metrics["bn_recalibration"] = recalibration
             atomic_write_json(out / "metrics.json", metrics)
             say(f"Test accuracy: {metrics['accuracy'] * 100:.2f}% (loss {metrics['loss']:.4f}) on "
                 f"{len(split.y_test)} images; run saved in {out}")

@@ -20,14 +20,13 @@ from mnist_cnn.data import (
     bundled_mnist_dir,
     download_mnist,
     load_mnist,
-    read_idx,
     read_npz,
     split_validation,
     verify_bundled,
-    write_idx,
     write_npz,
 )
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.idx import read_idx, write_idx
 from mnist_cnn.inputs import to_float
 
 

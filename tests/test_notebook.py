@@ -70,7 +70,7 @@ def test_save_and_load_predict_identically(fitted, mnist, tmp_path):
                 == expected).all(), path
     reopened = load(tmp_path / "saved")
     assert reopened.history.history == fitted.history.history and reopened.run.metrics == fitted.run.metrics
-    with pytest.raises(MnistCnnError, match=r"model\.h5: save writes a \.safetensors file or a run directory"):
+    with pytest.raises(MnistCnnError, match=r"model\.h5: save writes a \.safetensors file, a Keras 3 \.keras file"):
         fitted.save(tmp_path / "model.h5")
 
 

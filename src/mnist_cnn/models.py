@@ -194,8 +194,10 @@ class SpecModel(nn.Module):
         self.softmax_output = last.args.get("activation") == "softmax"
         head = list(self.layers)
         if self.softmax_output:  # drop the softmax module, keep what stands before it
-            before = typing.cast(nn.Sequential, self.layers[-1])[0]  # a Dense's Linear, without its softmax
-            head = head[:-1] if last.type == "Activation" else [*head[:-1], before]
+            if last.type == "Activation":
+                head = head[:-1]
+            else:  # a Dense with a softmax activation: keep its Linear
+                head = [*head[:-1], typing.cast(nn.Sequential, self.layers[-1])[0]]
         self._head = _relu_in_place(_pool_before_activation(head))
         reset_parameters(self)
         self.memory_format = default_memory_format(spec)

@@ -70,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="TensorFlow only: set intra/inter-op thread counts (default: TF's own choice)")
     p.add_argument("--verbose", type=int, default=0, help="Keras fit() verbosity (0 = our one line per epoch)")
+    p.add_argument("--test-each-epoch", action="store_true", help="also measure test accuracy at each epoch's end, "
+                   "outside the timed epoch (a stopwatch for benchmarks/time_to_accuracy.py, never a selection)")
     return p.parse_args(argv)
 
 
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.seconds, self.logs = [], []
+            self.seconds, self.logs, self.test_accuracy = [], [], []
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t = time.perf_counter()
@@ -190,6 +192,8 @@ def main(argv=None) -> int:
         def on_epoch_end(self, epoch, logs=None):
             dt = time.perf_counter() - self._t
             self.seconds.append(dt)
+            if args.test_each_epoch:  # after the epoch's clock stopped
+                self.test_accuracy.append(float(self.model.evaluate(x_test, yoh_test, batch_size=1000, verbose=0)[1]))
             logs = {k: float(v) for k, v in (logs or {}).items()}
             self.logs.append(logs)
             print(f"[{args.model} {backend}] epoch {epoch + 1}/{args.epochs}: {dt:.2f}s "
@@ -230,6 +234,7 @@ def main(argv=None) -> int:
         "test_accuracy": round(float(test_acc), 5),
         "test_loss": round(float(test_loss), 5),
         "history": timer.logs,
+        **({"test_accuracy_per_epoch": timer.test_accuracy} if args.test_each_epoch else {}),
         "eval_seconds": round(eval_s, 3),
         "load_seconds": round(load_s, 3),
         "seed": args.seed,

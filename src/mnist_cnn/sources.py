@@ -94,8 +94,8 @@ def _reader(path: Path) -> Callable[[Path], ModelSource]:
     """Which reader opens a path: the single dispatch point for files and directories."""
     if (is_dir(path) and exists(path / ENSEMBLE_FILE)) or path.name == ENSEMBLE_FILE:
         return load_ensemble
-    if is_file(path):
-        from .keras_io import is_keras_file, keras_run  # h5py: only for what may be a Keras file
+    if is_file(path) and path.suffix.lower() != ".safetensors":  # ours never are Keras files: no h5py import
+        from .keras_io import is_keras_file, keras_run
 
         if is_keras_file(path):
             return keras_run

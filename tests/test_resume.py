@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from mnist_cnn import MnistCnnError, make_config, train
 from mnist_cnn.errors import TrainingInterrupted
 from mnist_cnn.runs import checkpoint_paths, latest_checkpoint, load_tensors
+from mnist_cnn.training.optim import KerasAdam, KerasRMSprop
 
 SPEC = str(Path(__file__).parents[1] / "examples" / "small-bn.toml")
 # batch norm, dropout, augmentation, EMA and a schedule: every kind of state a resume must restore
@@ -89,10 +89,21 @@ PLATEAU = dict(epochs=3, val_size=64, schedule="plateau", monitor="val_accuracy"
                lr_min_delta=1.0)
 
 
+def after_each_update(monkeypatch, optimizer: type, then) -> None:
+    """Call `then()` right after each weight update of the `optimizer` class."""
+    step = optimizer.step
+
+    def step_then(self):
+        step(self)
+        then()
+
+    monkeypatch.setattr(optimizer, "step", step_then)
+
+
 @pytest.mark.parametrize(("model", "at", "extra"), [(SPEC, 7, {}), (SPEC, 20, {}), ("keras-basic", 7, {}),
                                                     (SPEC, 47, PLATEAU)],
                          ids=["mid-epoch", "epoch-end", "multi-channel-convs", "plateau-schedule"])
-def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp_path, model, at, extra):
+def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp_path, model, at, extra, monkeypatch):
     # a checkpoint written from inside the step would pair the new weights with the old step count;
     # 20 is the first epoch's last step (640 images, batch 32), whose row must not be lost;
     # keras-basic's 32- and 64-channel conv kernels are channels-last, and so must Adam's state be after a resume
@@ -102,18 +113,16 @@ def test_ctrl_c_right_after_a_weight_update_still_resumes_bit_for_bit(mnist, tmp
     assert len({row["lr"] for row in full.history}) == (2 if extra else 1)
     updates = 0
 
-    def ctrl_c(optimizer, args, kwargs):
+    def ctrl_c():
         nonlocal updates
         updates += 1
         if updates == at:
             os.kill(os.getpid(), signal.SIGINT)
 
-    hook = register_optimizer_step_post_hook(ctrl_c)
-    try:
+    with monkeypatch.context() as patched:
+        after_each_update(patched, KerasAdam, ctrl_c)
         with pytest.raises(TrainingInterrupted, match=f"interrupted at step {at};"):
             train(make_config(**options, out=str(tmp_path / "cut")), mnist)
-    finally:
-        hook.remove()
     resumed = train(data=mnist, resume=tmp_path / "cut")
     assert untimed(resumed.history) == untimed(full.history)
     a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
@@ -175,13 +184,10 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_on_resume(mnist,
 
 def test_an_interruption_ends_the_progress_bar_line_first(mnist, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # the bar is drawn on terminals only
-    hook = register_optimizer_step_post_hook(lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    try:
-        with pytest.raises(TrainingInterrupted, match="interrupted at step 1;"):
-            train(make_config(epochs=1, limit_train=640, limit_test=64, out=str(tmp_path), verbose=1), mnist,
-                  log=lambda _: None)
-    finally:
-        hook.remove()
+    after_each_update(monkeypatch, KerasRMSprop, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 1;"):
+        train(make_config(epochs=1, limit_train=640, limit_test=64, out=str(tmp_path), verbose=1), mnist,
+              log=lambda _: None)
     out = capsys.readouterr().out
     assert "1/10 [" in out and out.endswith("\n")  # the error that follows starts a line of its own
 

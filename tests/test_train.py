@@ -2,7 +2,10 @@
 
 import importlib
 import json
+import math
 import re
+import subprocess
+import sys
 from datetime import datetime
 
 import pytest
@@ -301,3 +304,39 @@ def test_runs_started_in_the_same_second_get_their_own_default_folders(mnist, tm
              for _ in range(3)]
     assert [p.name for p in paths] == ["keras-basic-20260102-030405", "keras-basic-20260102-030405-2",
                                        "keras-basic-20260102-030405-3"]
+
+
+def test_training_never_imports_torchs_compiler_stack(tmp_path):
+    # torch.optim's optimisers import torch._dynamo at their first use: 1.07 s of every command's start-up
+    code = ("import sys; from mnist_cnn import load_mnist, train\n"
+            "data = load_mnist()\n"
+            "for opt in ('adam', 'rmsprop', 'sgd'):\n"
+            f"    train(optimizer=opt, epochs=1, limit_train=256, limit_test=64, verbose=0, out=r'{tmp_path}/' + opt,"
+            " data=data)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_sgd_and_a_checkpoint_of_torchs_own_adam_load_and_step_as_before():
+    from mnist_cnn.training.optim import make_optimizer
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    w.grad = torch.tensor([0.5, -1.0])
+    make_optimizer("sgd", [w], 0.1).step()
+    assert torch.equal(w.detach(), torch.tensor([0.95, -1.9]))
+    # checkpoints written before our own optimiser classes hold torch's Adam state_dict; it must continue exactly
+    theirs, ours = torch.nn.Parameter(w.detach().clone()), torch.nn.Parameter(w.detach().clone())
+    reference = torch.optim.Adam([theirs], lr=0.01, eps=1e-7, fused=True)
+    theirs.grad = w.grad.clone()
+    reference.step()
+    ours.data.copy_(theirs.detach())
+    adam = make_optimizer("adam", [ours], 0.01)
+    adam.load_state_dict({**reference.state_dict(), "param_groups": [{**reference.param_groups[0], "params": [0],
+                                                                       "t": 1}]})
+    assert adam.state[ours]["step"].item() == 1.0 and adam.state_dict()["state"][0]["exp_avg"].shape == (2,)
+    ours.grad = theirs.grad = torch.tensor([0.1, 0.2])
+    adam.step()
+    reference.param_groups[0]["eps"] = 1e-7 / math.sqrt(1 - 0.999 ** 2)  # Keras's eps at step 2, as KerasAdam did
+    reference.step()
+    assert torch.equal(ours.detach(), theirs.detach())

@@ -20,7 +20,7 @@ from ..runs import has_trained, latest_checkpoint, read_json, save_checkpoint
 from ..spec import ModelSpec
 from .config import FIELDS, PLACEMENT, SAVED_WITHOUT, TrainConfig, validate
 from .distributed import Processes
-from .optim import EMA, make_optimizer
+from .optim import EMA, Optimizer, make_optimizer
 from .options import OptionError, escape
 
 Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]
@@ -31,7 +31,7 @@ class TrainState:
     """Everything a resumed run needs to continue bit for bit."""
 
     model: SpecModel
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer
     ema: EMA | None
     sums: torch.Tensor  # this epoch's loss sum, correct predictions and images seen, on the device
     base_lr: float      # the optimiser's lr before any schedule (a restored optimiser holds the last step's)
@@ -166,7 +166,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+def _match_parameter_layouts(optimizer: Optimizer) -> None:
     """Give loaded optimiser state its parameter's memory layout (checkpoints store it contiguous): a fused Adam
     step on channels-last kernels with contiguous moments mixes up elements on the CPU and refuses on CUDA."""
     for param, state in optimizer.state.items():

@@ -13,7 +13,9 @@ adds eps after the bias correction, where Keras adds it before (3x smaller steps
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,16 +25,68 @@ from ..errors import MnistCnnError
 from .config import DEFAULT_LR, SCHEDULES
 
 
-class KerasRMSprop(torch.optim.Optimizer):
+class Optimizer:
+    """What training uses of torch.optim.Optimizer, in its state_dict format (so checkpoints are unchanged):
+    param_groups, per-parameter state, zero_grad, state_dict, load_state_dict. Not torch's class itself: its
+    first instance imports torch._dynamo for its compiler wrappers, 1.07 s, a third of the `fast` command's
+    fixed cost (cProfile of `mnist-cnn train --recipe fast`), and its step wrappers cost ~250 us a step."""
+
+    def __init__(self, params: Iterable[nn.Parameter], defaults: dict[str, Any]):
+        self.defaults = defaults
+        self.param_groups: list[dict[str, Any]] = [{**defaults, "params": list(params)}]
+        self.state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
+
+    def _with_grads(self, group: dict[str, Any]) -> list[torch.Tensor]:
+        return [p for p in group["params"] if p.grad is not None]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in self._with_grads(group):
+                if set_to_none:
+                    p.grad = None
+                else:  # a CUDA graph's gradients live in its own memory: zeroed in place
+                    p.grad.zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        groups = [{**{k: v for k, v in group.items() if k != "params"}, "params": [index[p] for p in group["params"]]}
+                  for group in self.param_groups]
+        return {"state": {index[p]: dict(state) for p, state in self.state.items()}, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        params = [p for group in self.param_groups for p in group["params"]]
+        saved = state_dict["param_groups"]
+        if [len(g["params"]) for g in saved] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("the saved optimiser state is for a different set of parameters")
+        by_index = dict(zip((i for g in saved for i in g["params"]), params))
+        self.param_groups = [{**g, "params": [by_index[i] for i in g["params"]]} for g in saved]
+        self.state = defaultdict(dict)
+        for i, state in state_dict["state"].items():
+            p = by_index[int(i)]
+            self.state[p] = {key: _like(value, p, key) for key, value in state.items()}
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+
+def _like(value: Any, param: torch.Tensor, key: str) -> Any:
+    """A copy of saved state on its parameter's device, moments in its dtype (a step count keeps its own), as torch."""
+    if not torch.is_tensor(value):
+        return value
+    dtype = param.dtype if value.is_floating_point() and key != "step" else value.dtype
+    return value.to(device=param.device, dtype=dtype, copy=True)  # never shared with the caller's dict
+
+
+class KerasRMSprop(Optimizer):
     """RMSprop exactly as Keras computes it: v = rho v + (1 - rho) g^2; w -= lr g / sqrt(v + eps)."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-7):
         super().__init__(params, {"lr": lr, "rho": rho, "eps": eps})
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 - torch's signature
+    def step(self) -> None:
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = self._with_grads(group)
             if not params:
                 continue
             grads = [p.grad for p in params]
@@ -48,41 +102,73 @@ class KerasRMSprop(torch.optim.Optimizer):
             torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
 
 
-class KerasAdam(torch.optim.Adam):
-    """PyTorch's fused Adam with Keras's epsilon. Keras steps lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps);
-    PyTorch's eps sits after the bias correction, so it is set to eps / sqrt(1 - b2^t) before each step t."""
+class KerasAdam(Optimizer):
+    """Adam with Keras's epsilon, on PyTorch's fused Adam kernel. Keras steps lr sqrt(1 - b2^t) / (1 - b1^t)
+    m / (sqrt(v) + eps); the kernel adds eps after the bias correction, so it gets eps / sqrt(1 - b2^t) at step t."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-3, eps: float = 1e-7):
-        # fused: one kernel per tensor, 66 against 160 us per step for foreach on fast-cnn
-        # (benchmarks/speed_ladder.py --optimizer-steps)
-        super().__init__(params, lr=lr, betas=(0.9, 0.999), eps=eps, fused=True)  # defaults["eps"]: Keras's eps
-        for group in self.param_groups:
-            group["t"] = 0  # in param_groups, so checkpoints carry it
+        super().__init__(params, {"lr": lr, "betas": (0.9, 0.999), "eps": eps, "t": 0})  # t: in checkpoints
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 - torch's signature
+    def step(self) -> None:
         for group in self.param_groups:
+            params = self._with_grads(group)
+            if not params:
+                continue
             if "t" not in group:  # a checkpoint from before this key: its step count, read once
-                group["t"] = max((int(self.state[p]["step"]) for p in group["params"] if "step" in self.state[p]),
-                                 default=0)
+                group["t"] = max((int(self.state[p]["step"]) for p in params if "step" in self.state[p]), default=0)
             group["t"] += 1  # the step count Adam's bias correction uses, kept on the host: no device sync
-            group["eps"] = self.defaults["eps"] / math.sqrt(1 - group["betas"][1] ** group["t"])
-        return super().step(closure)
+            beta1, beta2 = group["betas"]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p] = {"step": torch.zeros((), device=p.device),
+                                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+            # fused: one kernel per tensor, 66 against 160 us per step for foreach on fast-cnn
+            # (benchmarks/speed_ladder.py --optimizer-steps); it wants one device and dtype per call
+            for same in _by_device_and_dtype(params).values():
+                states = [self.state[p] for p in same]
+                steps = [s["step"] for s in states]
+                torch._foreach_add_(steps, 1)
+                torch._fused_adam_(same, [p.grad for p in same], [s["exp_avg"] for s in states],
+                                   [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"],
+                                   beta1=beta1, beta2=beta2, weight_decay=0.0,
+                                   eps=self.defaults["eps"] / math.sqrt(1 - beta2 ** group["t"]), maximize=False)
 
 
-def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float | None) -> torch.optim.Optimizer:
+class SGD(Optimizer):
+    """Plain SGD, Keras's default (momentum 0): w -= lr g."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-2):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            if params := self._with_grads(group):
+                torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
+
+
+def _by_device_and_dtype(params: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[torch.Tensor]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for p in params:
+        groups.setdefault((p.device, p.dtype), []).append(p)
+    return groups
+
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float | None) -> Optimizer:
     lr = DEFAULT_LR[name] if lr is None else lr
     if name == "rmsprop":
         return KerasRMSprop(params, lr=lr)
     if name == "adam":
         return KerasAdam(params, lr=lr)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.0, foreach=True)
+        return SGD(params, lr=lr)
     raise MnistCnnError(f"unknown optimizer {name!r}: expected one of {', '.join(DEFAULT_LR)}")
 
 
 @torch.no_grad()
-def decay_weights(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+def decay_weights(optimizer: Optimizer, weight_decay: float) -> None:
     """Keras 3's decoupled weight decay, w -= lr * wd * w, applied before every optimiser's step."""
     for group in optimizer.param_groups:
         torch._foreach_mul_(list(group["params"]), 1 - group["lr"] * weight_decay)

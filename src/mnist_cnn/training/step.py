@@ -12,7 +12,7 @@ from torch import nn
 
 from ..augment import apply_affine
 from .distributed import Processes
-from .optim import decay_weights
+from .optim import Optimizer, decay_weights
 
 if TYPE_CHECKING:
     from .checkpoint import TrainState
@@ -49,7 +49,7 @@ class StepGraph:
     The first steps run eagerly on a side stream (cuDNN and cuBLAS set up there), the next is captured and replayed.
     The graph's gradients live in its own memory, so they are zeroed (never set to None) around eager steps."""
 
-    def __init__(self, forward_backward: Callable[..., None], optimizer: torch.optim.Optimizer, idx: torch.Tensor,
+    def __init__(self, forward_backward: Callable[..., None], optimizer: Optimizer, idx: torch.Tensor,
                  theta: torch.Tensor | None, warmup: int = 3):
         self.forward_backward, self.optimizer, self.warmup = forward_backward, optimizer, warmup
         self.idx, self.theta = idx.clone(), None if theta is None else theta.clone()  # the graph's inputs

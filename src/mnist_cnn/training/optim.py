@@ -45,7 +45,7 @@ class Optimizer:
                 if set_to_none:
                     p.grad = None
                 else:  # a CUDA graph's gradients live in its own memory: zeroed in place
-                    p.grad.zero_()
+                    _grads([p])[0].zero_()
 
     def state_dict(self) -> dict[str, Any]:
         index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
@@ -69,6 +69,10 @@ class Optimizer:
         raise NotImplementedError
 
 
+def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.grad for p in params if p.grad is not None]
+
+
 def _like(value: Any, param: torch.Tensor, key: str) -> Any:
     """A copy of saved state on its parameter's device, moments in its dtype (a step count keeps its own), as torch."""
     if not torch.is_tensor(value):
@@ -89,7 +93,7 @@ class KerasRMSprop(Optimizer):
             params = self._with_grads(group)
             if not params:
                 continue
-            grads = [p.grad for p in params]
+            grads = _grads(params)
             for p in params:
                 if "velocity" not in self.state[p]:
                     self.state[p]["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -130,7 +134,7 @@ class KerasAdam(Optimizer):
                 states = [self.state[p] for p in same]
                 steps = [s["step"] for s in states]
                 torch._foreach_add_(steps, 1)
-                torch._fused_adam_(same, [p.grad for p in same], [s["exp_avg"] for s in states],
+                torch._fused_adam_(same, _grads(same), [s["exp_avg"] for s in states],
                                    [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"],
                                    beta1=beta1, beta2=beta2, weight_decay=0.0,
                                    eps=self.defaults["eps"] / math.sqrt(1 - beta2 ** group["t"]), maximize=False)
@@ -146,7 +150,7 @@ class SGD(Optimizer):
     def step(self) -> None:
         for group in self.param_groups:
             if params := self._with_grads(group):
-                torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
+                torch._foreach_add_(params, _grads(params), alpha=-group["lr"])
 
 
 def _by_device_and_dtype(params: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[torch.Tensor]]:

@@ -20,8 +20,19 @@ def machine() -> dict[str, Any]:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd(), "torch": torch.__version__,
+            "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def simd() -> str:
+    """The widest vector units the CPU reports: the same 'AMD EPYC' has come with and without AVX-512 (and its
+    BF16), 2-3x apart in these benchmarks, so every result says which it ran on."""
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none of avx2/avx512"
 
 
 def steady_median(seconds: list[float]) -> float:

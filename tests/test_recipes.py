@@ -43,9 +43,19 @@ def test_fast_recipe_fields_and_model():
     from mnist_cnn import count_params
 
     c = make_config(recipe="fast")
-    assert c.model == "fast-cnn" and c.optimizer == "adam" and c.lr == 2e-2 and c.batch_size == 256
-    assert c.epochs == 2 and c.schedule == "onecycle" and c.label_smoothing == 0.1
-    assert count_params(get_spec("fast-cnn")) == (21_450, 21_354, 96)
+    assert c.model == "fast-cnn" and c.optimizer == "adam" and c.lr == 3e-2 and c.batch_size == 128
+    assert c.epochs == 1 and c.schedule == "onecycle" and c.label_smoothing == 0.1
+    assert count_params(get_spec("fast-cnn")) == (15_786, 15_626, 160)
+
+
+def test_minute_recipe_is_fast_cnn_with_a_conv_of_128_and_augmentation():
+    from mnist_cnn import count_params
+
+    c = make_config(recipe="minute")
+    assert c.model == "minute-cnn" and c.lr == 2e-2 and c.batch_size == 128 and c.epochs == 4
+    assert c.augment == {"rotation": 8, "width_shift": 0.08, "height_shift": 0.08, "zoom": 0.08}
+    # fast-cnn's 15,786 + the conv of 128 (73,856) and its batch norm (512), the dense layer on 1,152 features
+    assert count_params(get_spec("minute-cnn")) == (95_914, 95_498, 416)
 
 
 def test_fast_recipe_learns_from_10000_images(mnist, tmp_path):

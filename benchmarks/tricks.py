@@ -42,7 +42,8 @@ def former_fast_cnn(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {"type": "MaxPooling2D"}, BN, RELU, {"type": "Flatten"}, layers[-1]]
 
 
-# one change each against the recipe; `None` removes an option (back to its default); "layers" rewrites the model
+# one change each against the recipe, given explicitly (an option left out would take the model's recipe
+# value again); "layers" rewrites the model
 VARIANTS: dict[str, dict[str, Any]] = {
     "recipe": {},
     "no-label-smoothing": {"label_smoothing": 0.0},
@@ -51,7 +52,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ema-0.99": {"ema": 0.99},
     "batch-256": {"batch_size": 256},
     "batch-64": {"batch_size": 64},
-    "no-augment": {"augment": None},
+    "no-augment": {"augment": {}},
     "keras-bn-momentum": {"layers": keras_momentum},
     "bf16": {"precision": "bf16"},
     "pool-after-conv": {"layers": pool_after_conv},

@@ -48,12 +48,12 @@ def test_fast_recipe_fields_and_model():
     assert count_params(get_spec("fast-cnn")) == (26_026, 25_866, 160)
 
 
-def test_minute_recipe_is_fast_cnn_with_a_conv_of_128_and_augmentation():
+def test_minute_recipe_is_fast_cnns_stem_with_convs_of_64_and_128():
     from mnist_cnn import count_params
 
     c = make_config(recipe="minute")
     assert c.model == "minute-cnn" and c.lr == 2e-2 and c.batch_size == 128 and c.epochs == 4
-    assert c.augment == {"rotation": 8, "width_shift": 0.08, "height_shift": 0.08, "zoom": 0.08}
+    assert c.augment is None and c.schedule == "onecycle" and c.label_smoothing == 0.1
     # the stem (416 + 64), convs of 64 and 128 (9,280 + 73,856) with batch norm (256 + 512), dense on 1,152 features
     assert count_params(get_spec("minute-cnn")) == (95_914, 95_498, 416)
 

@@ -28,8 +28,8 @@ from .config import DEFAULT_LR, SCHEDULES
 class Optimizer:
     """What training uses of torch.optim.Optimizer, in its state_dict format (so checkpoints are unchanged):
     param_groups, per-parameter state, zero_grad, state_dict, load_state_dict. Not torch's class itself: its
-    first instance imports torch._dynamo for its compiler wrappers, 1.07 s, a third of the `fast` command's
-    fixed cost (cProfile of `mnist-cnn train --recipe fast`), and its step wrappers cost ~250 us a step."""
+    first instance imports torch._dynamo for its compiler wrappers, 1.1-1.5 s of every train command
+    (benchmarks/startup.py), and its step wrappers cost ~250 us a step (torch profile of the fast recipe)."""
 
     def __init__(self, params: Iterable[nn.Parameter], defaults: dict[str, Any]):
         self.defaults = defaults

@@ -9,16 +9,15 @@ The last row is `mnist-cnn train --recipe fast` whole, and its wall time less it
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_results  # noqa: E402
+from fast import train_once  # noqa: E402
 
 STEPS = {
     "python itself": "pass",
@@ -36,17 +35,6 @@ def seconds(code: str) -> float:
     return time.perf_counter() - t0
 
 
-def fast_command() -> tuple[float, float]:
-    """(wall seconds, training seconds) of `mnist-cnn train --recipe fast`."""
-    with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "mnist_cnn", "train", "--recipe", "fast", "--out", out,
-                                 "--json"], check=True, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-    history = json.loads(result.stdout.strip().splitlines()[-1])["history"]
-    return wall, sum(r["seconds"] for r in history)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -55,9 +43,9 @@ def main() -> None:
     for name, code in STEPS.items():
         runs = [seconds(code) for _ in range(args.runs)]
         rows.append({"step": name, "seconds (median)": statistics.median(runs), "min": min(runs), "max": max(runs)})
-    commands = [fast_command() for _ in range(args.runs)]
-    for name, values in (("mnist-cnn train --recipe fast", [w for w, _ in commands]),
-                         ("  of which outside training", [w - t for w, t in commands])):
+    commands = [train_once(["--recipe", "fast"]) for _ in range(args.runs)]
+    for name, values in (("mnist-cnn train --recipe fast", [c["command_s"] for c in commands]),
+                         ("  of which outside training", [c["command_s"] - c["train_s"] for c in commands])):
         rows.append({"step": name, "seconds (median)": statistics.median(values), "min": min(values),
                      "max": max(values)})
     print(table(rows, list(rows[0])))

@@ -69,27 +69,33 @@ def deotte(filters: int = 32, dropout: float = 0.4) -> list[dict[str, Any]]:
             {"type": "Flatten"}, *([{"type": "Dropout", "rate": dropout}] if dropout else []), _classifier()]
 
 
+# the short recipes' batch norm: momentum 0.9, because Keras's 0.99 leaves the moving statistics behind
+# fast-changing weights in runs of a few hundred steps
+_BN_SHORT = {"type": "BatchNormalization", "momentum": 0.9}
+_RELU = {"type": "Activation", "activation": "relu"}
+
+
+def _fast_stem() -> list[dict[str, Any]]:
+    """A stride-2 5x5 conv of 16 and a max-pool: 28x28 to 7x7 at once; batch norm after the pool (as airbench)
+    normalises 4x fewer values."""
+    return [_conv(16, 5, strides=2, padding="same"), {"type": "MaxPooling2D"}, _BN_SHORT, _RELU]
+
+
 def fast_cnn() -> list[dict[str, Any]]:
-    """A small net that learns MNIST in one epoch, shaped for CPU time (benchmarks/time_to_accuracy.py): a stride-2
-    5x5 conv and a pool take 28x28 to 7x7 at once, where a 3x3 conv of 64 ('valid', no second pool) works on few
-    positions; batch norm after the pool (as airbench) normalises 4x fewer values; momentum 0.9, because Keras's
-    0.99 leaves the moving statistics behind fast-changing weights in short runs. Validation accuracy, mean of 5
-    seeds (benchmarks/tricks.py): 99.21% in 2.6 s; with a pool after the conv of 64, 99.13% in 3.1 s; the former
+    """A small net that learns MNIST in one epoch, shaped for CPU time (benchmarks/time_to_accuracy.py): the stem,
+    then a 3x3 conv of 64 ('valid', no second pool) on few positions. Validation accuracy, mean of 5 seeds
+    (benchmarks/tricks.py): 99.21% in 2.6 s; with a pool after the conv of 64, 99.13% in 3.1 s; the former
     16 5x5/2 + 32 5x5 at 14x14, 99.19% in 9.4 s for two epochs."""
-    bn, relu = {"type": "BatchNormalization", "momentum": 0.9}, {"type": "Activation", "activation": "relu"}
-    return [_conv(16, 5, strides=2, padding="same"), {"type": "MaxPooling2D"}, bn, relu,
-            _conv(64, 3), bn, relu, {"type": "Flatten"}, _classifier()]
+    return [*_fast_stem(), _conv(64, 3), _BN_SHORT, _RELU, {"type": "Flatten"}, _classifier()]
 
 
 def minute_cnn() -> list[dict[str, Any]]:
-    """fast-cnn's stem (a stride-2 5x5 conv of 16 and a pool to 7x7), then 3x3 convs of 64 and 128 at 7x7 and a pool,
-    for the `minute` recipe: 99.59% on validation in 4 epochs, 45 s (5 seeds; benchmarks/tricks.py), where a
-    stride-2 conv of 24 + convs of 64 and 128 at 14x14 and 7x7 took 3 epochs and 53 s for 99.54% (2 seeds, both
-    with augmentation, which measured 99.54% on this net: dropped)."""
-    bn, relu, pool = {"type": "BatchNormalization", "momentum": 0.9}, {"type": "Activation", "activation": "relu"}, \
-        {"type": "MaxPooling2D"}
-    return [_conv(16, 5, strides=2, padding="same"), pool, bn, relu, _conv(64, 3, padding="same"), bn, relu,
-            _conv(128, 3, padding="same"), pool, bn, relu, {"type": "Flatten"}, _classifier()]
+    """fast-cnn's stem, then 3x3 convs of 64 and 128 at 7x7 and a pool, for the `minute` recipe: 99.59% on
+    validation in 4 epochs, 45 s (5 seeds; benchmarks/tricks.py), where a stride-2 conv of 24 + convs of 64 and
+    128 at 14x14 and 7x7 took 3 epochs and 53 s for 99.54% (2 seeds, both with augmentation, which measured
+    99.54% on this net: dropped)."""
+    return [*_fast_stem(), _conv(64, 3, padding="same"), _BN_SHORT, _RELU, _conv(128, 3, padding="same"),
+            {"type": "MaxPooling2D"}, _BN_SHORT, _RELU, {"type": "Flatten"}, _classifier()]
 
 
 def mlp() -> list[dict[str, Any]]:

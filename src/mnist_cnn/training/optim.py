@@ -41,11 +41,13 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for group in self.param_groups:
-            for p in self._with_grads(group):
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
                 if set_to_none:
                     p.grad = None
                 else:  # a CUDA graph's gradients live in its own memory: zeroed in place
-                    _grads([p])[0].zero_()
+                    p.grad.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}

@@ -171,7 +171,8 @@ def _worker(search: Path, storage: str, out: Path, heartbeat: int = 60) -> subpr
 
 
 def test_a_worker_killed_mid_trial_leaves_its_trial_failed_and_retried_not_counted(tmp_path, mnist):
-    search = write_search(tmp_path, "killed", trials=2, epochs=4, limit_train=2000)
+    # epochs long enough (~0.5 s each) that the kill lands mid-trial, polled every 0.5 s, however fast the recipe
+    search = write_search(tmp_path, "killed", trials=2, epochs=8, limit_train=8000)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     worker = _worker(search, storage, tmp_path / "w1", heartbeat=1)
     deadline = time.monotonic() + 300
